@@ -1,0 +1,36 @@
+"""securememory: secrets in locked, undumpable memory that is no-access except during an access
+and wiped when no longer needed.
+
+>>> from securememory import SecretFactory
+>>> with SecretFactory().create_random(32) as key:
+...     key.with_bytes(len)
+32
+"""
+
+from __future__ import annotations
+
+from ._factory import SecretFactory
+from ._secret import Secret, SecretReader, Stats, scratch, stats
+from .errors import (
+    CanaryError,
+    MemoryLockError,
+    SecretClosedError,
+    SecureMemoryError,
+    UnsupportedPlatformError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CanaryError",
+    "MemoryLockError",
+    "Secret",
+    "SecretClosedError",
+    "SecretFactory",
+    "SecretReader",
+    "SecureMemoryError",
+    "Stats",
+    "UnsupportedPlatformError",
+    "scratch",
+    "stats",
+]

@@ -1,0 +1,172 @@
+"""Layer 4: the factory every implementation shares; each implementation only names its region.
+
+``SecretFactory()`` called on this base class picks the strongest implementation the host offers
+(secretmem, else guarded); ``factory.implementation`` says which.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, ClassVar, Optional
+
+from . import _region
+from ._secret import Secret, create
+from .errors import UnsupportedPlatformError
+
+_core_lock = threading.Lock()
+_core_dumps_disabled = False
+
+
+def _disable_core_dumps_once() -> None:
+    global _core_dumps_disabled
+    with _core_lock:
+        if not _core_dumps_disabled:
+            _region.disable_core_dumps()
+            _core_dumps_disabled = True
+
+
+def _source_view(data: object) -> memoryview:
+    """A flat byte view of any C-contiguous bytes-like object, or a ``TypeError``/``ValueError``."""
+    if isinstance(data, str):
+        raise TypeError(
+            "expected a bytes-like object, got str: a str cannot be wiped. Read the secret into a "
+            "bytearray (or use from_fd/from_prompt) so the library can wipe the source"
+        )
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            "expected a bytes-like object (bytes, bytearray, memoryview, array, mmap...), "
+            f"got {type(data).__name__}"
+        ) from None
+    if not view.c_contiguous:
+        view.release()
+        raise ValueError("expected a C-contiguous buffer; copy it into a bytearray first")
+    flat = view.cast("B")
+    view.release()
+    return flat
+
+
+class SecretFactory:
+    """Makes :class:`Secret` objects of one implementation (see ``implementation``).
+
+    Making the first factory sets the process's ``RLIMIT_CORE`` soft limit to 0 (no core dumps at
+    all), as well as excluding each secret's pages from dumps one by one. Pass
+    ``disable_core_dumps=False`` to keep core dumps on; the per-region exclusion (``MADV_DONTDUMP``
+    on Linux, nothing on macOS) still applies.
+    """
+
+    implementation: ClassVar[str] = ""
+    _guarded: ClassVar[bool] = True
+    _secretmem: ClassVar[bool] = False
+
+    def __new__(cls, *, disable_core_dumps: bool = True) -> SecretFactory:
+        if cls is SecretFactory:
+            from . import guarded, secretmem
+
+            cls = secretmem.SecretFactory if secretmem.available() else guarded.SecretFactory
+        return object.__new__(cls)
+
+    def __init__(self, *, disable_core_dumps: bool = True) -> None:
+        reason = self._unavailable()
+        if reason is not None:
+            raise UnsupportedPlatformError(f"{self.implementation}: {reason}")
+        if disable_core_dumps:
+            _disable_core_dumps_once()
+
+    @classmethod
+    def _unavailable(cls) -> Optional[str]:
+        from . import _os
+
+        return _os.UNSUPPORTED
+
+    def __repr__(self) -> str:
+        return f"<securememory {self.implementation} SecretFactory>"
+
+    def _create(self, size: int, fill: Callable[[memoryview], None]) -> Secret:
+        return create(
+            size, fill, guarded=self._guarded, secretmem=self._secretmem, name=self.implementation
+        )
+
+    def new(self, data: object) -> Secret:
+        """Copy ``data`` (any C-contiguous bytes-like object) into a new secret.
+
+        A writable source (bytearray, writable memoryview, array, mmap...) is wiped right after
+        the copy, also when creation fails. A ``bytes`` source cannot be wiped: it stays wherever
+        it came from, so prefer a bytearray or the ``from_*`` methods.
+        """
+        src = _source_view(data)
+        try:
+            if src.nbytes == 0:
+                raise ValueError("cannot make a secret of 0 bytes")
+
+            def fill(view: memoryview) -> None:
+                view[:] = src
+
+            return self._create(_region.check_size(src.nbytes), fill)
+        finally:
+            if not src.readonly:
+                _region.wipe_buffer(src)
+            src.release()
+
+    def create_random(self, size: int) -> Secret:
+        """A new secret of ``size`` bytes from the OS CSPRNG, written straight into its pages."""
+        return self._create(_region.check_size(size), _region.fill_random)
+
+    def from_fd(self, fd: int, size: int) -> Secret:
+        """Read exactly ``size`` bytes from file descriptor ``fd`` straight into a new secret.
+
+        Raises ``ValueError`` naming how many bytes came if the input ends early; nothing is left
+        behind (the partial data is wiped with the region).
+        """
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        n = _region.check_size(size)
+
+        def fill(view: memoryview) -> None:
+            got = 0
+            while got < n:
+                k = os.readv(fd, [view[got:]])
+                if k == 0:
+                    raise ValueError(f"expected {n} bytes from fd {fd}, got {got} before EOF")
+                got += k
+
+        return self._create(n, fill)
+
+    def from_stream(self, stream: Any, size: int) -> Secret:
+        """Read exactly ``size`` bytes with ``stream.readinto`` straight into a new secret.
+
+        A buffered stream keeps its own copy of what it read in its buffer, which the library
+        cannot wipe: pass an unbuffered one (``open(path, "rb", buffering=0)``, a socket's
+        ``makefile("rb", buffering=0)``), or use :meth:`from_fd`.
+        """
+        readinto = getattr(stream, "readinto", None)
+        if not callable(readinto):
+            raise TypeError(f"expected a binary stream with readinto(), got {type(stream).__name__}")
+        n = _region.check_size(size)
+
+        def fill(view: memoryview) -> None:
+            got = 0
+            while got < n:
+                k = readinto(view[got:])
+                if k is None:
+                    raise ValueError("the stream is non-blocking and had no data; use a blocking one")
+                if k == 0:
+                    raise ValueError(f"expected {n} bytes from the stream, got {got} before EOF")
+                got += k
+
+        return self._create(n, fill)
+
+    def from_file(self, path: str | os.PathLike[str], size: Optional[int] = None) -> Secret:
+        """Read a key file (its whole content, or its first ``size`` bytes) into a new secret,
+        unbuffered, with no copy on the heap."""
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if size is None:
+                size = os.fstat(fd).st_size
+                if size == 0:
+                    raise ValueError(f"{os.fspath(path)!r} is empty")
+            return self.from_fd(fd, size)
+        finally:
+            os.close(fd)

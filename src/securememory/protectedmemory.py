@@ -1,0 +1,21 @@
+"""The seed's *protected memory* implementation: per secret, whole pages of private anonymous
+memory, locked (``mlock``), left out of core dumps (``MADV_DONTDUMP``), zeroed in forked children
+(``MADV_WIPEONFORK``), no-access except during an access, wiped before unlock and unmap.
+No guard pages and no canary: reads past the end of the data land in the rest of its last page.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ._factory import SecretFactory as _Base
+
+
+class SecretFactory(_Base):
+    """Makes protected-memory secrets (``implementation == "protected"``)."""
+
+    implementation: ClassVar[str] = "protected"
+    _guarded: ClassVar[bool] = False
+
+
+__all__ = ["SecretFactory"]
