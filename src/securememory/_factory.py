@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, ClassVar, Optional
+from typing import Any, Callable, ClassVar
 
 from . import _region
 from ._secret import Secret, create
@@ -76,7 +76,7 @@ class SecretFactory:
             _disable_core_dumps_once()
 
     @classmethod
-    def _unavailable(cls) -> Optional[str]:
+    def _unavailable(cls) -> str | None:
         from . import _os
 
         return _os.UNSUPPORTED
@@ -143,7 +143,9 @@ class SecretFactory:
         """
         readinto = getattr(stream, "readinto", None)
         if not callable(readinto):
-            raise TypeError(f"expected a binary stream with readinto(), got {type(stream).__name__}")
+            raise TypeError(
+                f"expected a binary stream with readinto(), got {type(stream).__name__}"
+            )
         n = _region.check_size(size)
 
         def fill(view: memoryview) -> None:
@@ -151,14 +153,16 @@ class SecretFactory:
             while got < n:
                 k = readinto(view[got:])
                 if k is None:
-                    raise ValueError("the stream is non-blocking and had no data; use a blocking one")
+                    raise ValueError(
+                        "the stream is non-blocking and had no data; use a blocking one"
+                    )
                 if k == 0:
                     raise ValueError(f"expected {n} bytes from the stream, got {got} before EOF")
                 got += k
 
         return self._create(n, fill)
 
-    def from_file(self, path: str | os.PathLike[str], size: Optional[int] = None) -> Secret:
+    def from_file(self, path: str | os.PathLike[str], size: int | None = None) -> Secret:
         """Read a key file (its whole content, or its first ``size`` bytes) into a new secret,
         unbuffered, with no copy on the heap."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

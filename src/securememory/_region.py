@@ -9,10 +9,10 @@ Two backings: private anonymous memory (``mlock``, ``MADV_DONTDUMP``, ``MADV_WIP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
-from typing import Optional
 
 from . import _os
 from .errors import UnsupportedPlatformError
@@ -127,10 +127,8 @@ class Region:
 
     def end_view(self, view: memoryview) -> None:
         """Release a view from :meth:`view`; a view with live exports is left to :meth:`free`."""
-        try:
+        with contextlib.suppress(BufferError):  # a live export of it: free() sees the reference
             view.release()
-        except BufferError:  # something holds a buffer export of it; free() will see the ref
-            pass
 
     def views_alive(self) -> bool:
         """Whether any view of the data (or a slice of one) is still referenced."""
@@ -184,7 +182,7 @@ def memlock_budget() -> _os.MemlockBudget:
     return _os.memlock_budget()
 
 
-def secretmem_unavailable() -> Optional[str]:
+def secretmem_unavailable() -> str | None:
     """Why secretmem-backed regions cannot be made here, or ``None``."""
     return _os.UNSUPPORTED or _os.secretmem_unavailable()
 

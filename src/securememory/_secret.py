@@ -1,4 +1,4 @@
-"""Layer 3: the :class:`Secret`: access counting, lifecycle, views, reader, finalizer, exit wipe, stats.
+"""Layer 3: the :class:`Secret`: access counting, lifecycle, views, reader, finalizers, stats.
 
 Every implementation (protected, guarded, secretmem) shares this code; they differ only in the
 region they ask for.
@@ -14,10 +14,11 @@ import sys
 import threading
 import warnings
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Callable, Iterator, NoReturn, Optional, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 from . import _os
 from ._region import Region, counters, memlock_budget, wipe_buffer
@@ -235,9 +236,9 @@ class Secret:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -260,7 +261,7 @@ class _Access:
 
     def __init__(self, secret: Secret) -> None:
         self._secret = secret
-        self._view: Optional[memoryview] = None
+        self._view: memoryview | None = None
 
     def __enter__(self) -> memoryview:
         if self._view is not None:
@@ -270,9 +271,9 @@ class _Access:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         view, self._view = self._view, None
         if view is not None:
@@ -307,7 +308,7 @@ class SecretReader(io.RawIOBase):
         finally:
             dst.release()
 
-    def read(self, size: Optional[int] = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         """Read into a temporary buffer, return it as ``bytes``, wipe the temporary."""
         remaining = max(0, len(self._secret) - self._pos)
         n = remaining if size is None or size < 0 else min(size, remaining)
@@ -374,11 +375,11 @@ class Stats:
     bytes_mapped: int  # by live secrets and scratch buffers, guard pages included
     bytes_locked: int  # by live secrets and scratch buffers
     bytes_quarantined: int  # address space kept no-access for views that outlived a secret
-    memlock_limit: Optional[int]  # RLIMIT_MEMLOCK soft limit in bytes; None = unlimited
-    memlock_hard_limit: Optional[int]
+    memlock_limit: int | None  # RLIMIT_MEMLOCK soft limit in bytes; None = unlimited
+    memlock_hard_limit: int | None
     memlock_exempt: bool  # CAP_IPC_LOCK: the kernel does not apply the limit
-    process_locked: Optional[int]  # VmLck of the whole process; None where the OS hides it
-    memlock_available: Optional[int]  # what can still be locked; None = no limit applies
+    process_locked: int | None  # VmLck of the whole process; None where the OS hides it
+    memlock_available: int | None  # what can still be locked; None = no limit applies
 
 
 def stats() -> Stats:

@@ -7,8 +7,6 @@ own conventions.
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 class SecureMemoryError(Exception):
     """Base class: the library could not keep, or could not start to keep, a promise.
@@ -16,7 +14,7 @@ class SecureMemoryError(Exception):
     ``errno`` is set when a system call failed, else it is ``None``.
     """
 
-    def __init__(self, message: str, errno: Optional[int] = None) -> None:
+    def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
 

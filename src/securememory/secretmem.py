@@ -9,7 +9,7 @@ mapping (``MADV_DONTFORK``): touching it there is SIGSEGV.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from . import _region
 from ._factory import SecretFactory as _Base
@@ -41,7 +41,7 @@ class SecretFactory(_Base):
     _secretmem: ClassVar[bool] = True
 
     @classmethod
-    def _unavailable(cls) -> Optional[str]:
+    def _unavailable(cls) -> str | None:
         return _region.secretmem_unavailable()
 
 

@@ -7,9 +7,8 @@ other names exist only on a supported OS.
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
-UNSUPPORTED: Optional[str] = None
+UNSUPPORTED: str | None = None
 
 if sys.platform.startswith("linux"):
     from . import linux as _impl

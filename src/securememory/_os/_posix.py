@@ -12,7 +12,7 @@ import mmap
 import os
 import resource
 import sys
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 from ..errors import MemoryLockError, SecureMemoryError
 
@@ -84,19 +84,19 @@ def protect(addr: int, length: int, prot: int) -> None:
 class MemlockBudget(NamedTuple):
     """What ``mlock`` may still take in this process."""
 
-    soft: Optional[int]  # RLIMIT_MEMLOCK soft limit in bytes, None if unlimited
-    hard: Optional[int]  # RLIMIT_MEMLOCK hard limit in bytes, None if unlimited
+    soft: int | None  # RLIMIT_MEMLOCK soft limit in bytes, None if unlimited
+    hard: int | None  # RLIMIT_MEMLOCK hard limit in bytes, None if unlimited
     exempt: bool  # the process has CAP_IPC_LOCK (or the OS does not enforce the limit)
-    locked: Optional[int]  # bytes the process has locked now (VmLck), None if unknown
+    locked: int | None  # bytes the process has locked now (VmLck), None if unknown
 
-    def available(self) -> Optional[int]:
+    def available(self) -> int | None:
         """Bytes that can still be locked, or None when there is no limit."""
         if self.exempt or self.soft is None:
             return None
         return max(0, self.soft - (self.locked or 0))
 
 
-def rlimit_memlock() -> tuple[Optional[int], Optional[int]]:
+def rlimit_memlock() -> tuple[int | None, int | None]:
     """``RLIMIT_MEMLOCK`` (soft, hard) in bytes, ``None`` for unlimited."""
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     return (
@@ -105,11 +105,11 @@ def rlimit_memlock() -> tuple[Optional[int], Optional[int]]:
     )
 
 
-def _limit(v: Optional[int]) -> str:
+def _limit(v: int | None) -> str:
     return "unlimited" if v is None else f"{v} bytes"
 
 
-def memlock_error(wanted: int, budget: MemlockBudget, err: Optional[int] = None) -> MemoryLockError:
+def memlock_error(wanted: int, budget: MemlockBudget, err: int | None = None) -> MemoryLockError:
     """The :class:`MemoryLockError` for ``wanted`` bytes that the budget cannot take."""
     why = f" ({os.strerror(err)}, errno {err})" if err is not None else ""
     used = "unknown" if budget.locked is None else f"{budget.locked} bytes"

@@ -9,7 +9,6 @@ out by the ``RLIMIT_CORE`` 0 the factories set; a forked child gets no mapping (
 from __future__ import annotations
 
 import ctypes
-from typing import Optional
 
 from ..errors import UnsupportedPlatformError
 from ._posix import MemlockBudget, bind, check, os_error, rlimit_memlock
@@ -53,7 +52,7 @@ def map_secretmem(addr: int, length: int) -> None:
     raise UnsupportedPlatformError(secretmem_unavailable() or "")
 
 
-def secretmem_unavailable() -> Optional[str]:
+def secretmem_unavailable() -> str | None:
     """Always a reason: ``memfd_secret`` is a Linux system call."""
     return "memfd_secret is a Linux system call; macOS has no equivalent"
 

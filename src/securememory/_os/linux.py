@@ -6,12 +6,22 @@ import ctypes
 import errno
 import os
 import platform
-from typing import Optional
 
 from ..errors import SecureMemoryError
-from ._posix import MAP_FIXED, MAP_SHARED, PAGE_SIZE, MemlockBudget, bind, check, libc
+from ._posix import (
+    MAP_FIXED,
+    MAP_SHARED,
+    PAGE_SIZE,
+    MemlockBudget,
+    bind,
+    check,
+    libc,
+    map_memory,
+    memlock_error,
+    os_error,
+    rlimit_memlock,
+)
 from ._posix import madvise as _madvise
-from ._posix import map_memory, memlock_error, os_error, rlimit_memlock
 
 CAN_EXCLUDE_FROM_DUMPS = True
 MADV_DONTFORK = 10
@@ -103,7 +113,7 @@ def map_secretmem(addr: int, length: int) -> None:
         os.close(fd)
 
 
-def secretmem_unavailable() -> Optional[str]:
+def secretmem_unavailable() -> str | None:
     """Why ``memfd_secret`` cannot be used here, or ``None`` when it can."""
     if _SYS_MEMFD_SECRET is None:
         return f"memfd_secret is not wired up on {platform.machine()}"
@@ -122,7 +132,7 @@ def secretmem_unavailable() -> Optional[str]:
     return None
 
 
-def _status_field(name: str) -> Optional[str]:
+def _status_field(name: str) -> str | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
