@@ -1,0 +1,281 @@
+"""A child process that holds secrets on command, for the live proofs (``check`` and the tests).
+
+The parent (:class:`Probe`) sends one command per line on the child's stdin; the child answers
+one JSON line on stdout, followed by raw bytes when the answer says ``"raw": n``. Secret bytes
+leave the child only as raw writes from an access view (``os.write(1, view)``): they never become
+a Python object in the child, so a scan of the child's memory finds only copies the library made.
+
+Commands (``ID`` is the number ``make`` answered):
+
+- ``make IMPL SIZE``: ``create_random(SIZE)``; answers the region's addresses, then the bytes.
+- ``new IMPL SIZE``: reads SIZE raw bytes from stdin into a bytearray, ``new(bytearray)``.
+- ``control ID``: keeps a plain ``bytearray`` copy of the secret (the control for every scan).
+- ``hold ID`` / ``release ID``: begin / end an access held open by a background thread.
+- ``close ID``, ``drop ID`` (delete the last reference, ``gc.collect()``, report warnings).
+- ``peek ID`` / ``peek_in_access ID``: read the first byte at the data address with ctypes
+  (outside an access this kills the child with SIGSEGV).
+- ``stale_view ID`` / ``stale_slice ID``: keep the view (a slice of it) past the access, use it.
+- ``fork ID``: fork; the grandchild reads the secret inside an access and reports whether it
+  saw only zeros, or the signal that killed it.
+- ``overflow ID`` / ``underflow ID``: write one byte past the end (SIGSEGV on guard page) or
+  just before the data (the canary), then close.
+- ``core``: raise ``RLIMIT_CORE`` and abort, leaving a kernel core file in the cwd.
+- ``stats``, ``exit``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import importlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import warnings
+from typing import IO, Any
+
+from . import _os
+from ._secret import Secret, stats
+
+
+def _factory(impl: str) -> Any:
+    module = {"protected": "protectedmemory"}.get(impl, impl)
+    return importlib.import_module(f"securememory.{module}").SecretFactory()
+
+
+class _Child:
+    def __init__(self) -> None:
+        self.secrets: dict[int, Secret] = {}
+        self.controls: list[bytearray] = []
+        self.holds: dict[int, tuple[threading.Event, threading.Event]] = {}
+        self.kept: list[memoryview] = []
+
+    def reply(self, raw: memoryview | None = None, **answer: Any) -> None:
+        if raw is not None:
+            answer["raw"] = raw.nbytes
+        os.write(1, json.dumps(answer).encode() + b"\n")
+        if raw is not None:
+            os.write(1, raw)
+
+    def add(self, s: Secret) -> None:
+        key = len(self.secrets)
+        self.secrets[key] = s
+        r = s._region
+        s.with_bytes(
+            lambda view: self.reply(
+                view,
+                id=key,
+                data=r.data,
+                size=r.size,
+                inner=r.inner,
+                inner_len=r.inner_len,
+                base=r.base,
+                mapped=r.mapped,
+            )
+        )
+
+    def run(self, line: str) -> None:
+        cmd, *args = line.split()
+        getattr(self, "do_" + cmd)(*args)
+
+    def do_make(self, impl: str, size: str) -> None:
+        self.add(_factory(impl).create_random(int(size)))
+
+    def do_new(self, impl: str, size: str) -> None:
+        buf = bytearray(int(size))
+        got = 0
+        while got < len(buf):
+            got += os.readv(0, [memoryview(buf)[got:]])
+        self.add(_factory(impl).new(buf))
+
+    def do_control(self, key: str) -> None:
+        self.controls.append(self.secrets[int(key)].with_bytes(bytearray))
+        self.reply(ok=True)
+
+    def do_hold(self, key: str) -> None:
+        entered, leave = threading.Event(), threading.Event()
+        s = self.secrets[int(key)]
+
+        def hold() -> None:
+            with s.access():
+                entered.set()
+                leave.wait()
+
+        threading.Thread(target=hold, daemon=True).start()
+        entered.wait()
+        self.holds[int(key)] = (entered, leave)
+        self.reply(ok=True)
+
+    def do_release(self, key: str) -> None:
+        self.holds.pop(int(key))[1].set()
+        self.reply(ok=True)
+
+    def do_close(self, key: str) -> None:
+        self.secrets[int(key)].close()
+        self.reply(ok=True)
+
+    def do_drop(self, key: str) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del self.secrets[int(key)]
+            gc.collect()
+        self.reply(warnings=[f"{w.category.__name__}: {w.message}" for w in caught])
+
+    def do_peek(self, key: str) -> None:
+        data = self.secrets[int(key)]._region.data
+        self.reply(byte=ctypes.string_at(data, 1)[0] >= 0)
+
+    def do_peek_in_access(self, key: str) -> None:
+        s = self.secrets[int(key)]
+        with s.access():
+            self.do_peek(key)
+
+    def do_stale_view(self, key: str) -> None:
+        view = self.secrets[int(key)].with_bytes(lambda v: v)
+        try:
+            view[0]
+        except ValueError as e:
+            self.reply(raised=f"ValueError: {e}")
+        else:
+            self.reply(raised=None)
+
+    def do_stale_slice(self, key: str) -> None:
+        part = self.secrets[int(key)].with_bytes(lambda v: v[1:])
+        self.kept.append(part)
+        self.reply(byte=part[0] >= 0)  # SIGSEGV here: the slice points at no-access pages
+
+    def do_fork(self, key: str) -> None:
+        s = self.secrets[int(key)]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the grandchild, which never returns
+            try:
+                os.close(r)
+                with s.access() as view:  # leaves by os._exit: no release, no canary check
+                    os.write(w, b"Z" if view == bytes(len(view)) else b"S")
+                    os._exit(0)
+            except BaseException:  # no mapping here (MADV_DONTFORK): touch it, as a bug would
+                ctypes.string_at(s._region.data, 1)
+                os.write(w, b"E")
+            finally:
+                os._exit(0)
+        os.close(w)
+        seen = os.read(r, 1)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        self.reply(
+            zero=seen == b"Z",
+            seen_secret=seen == b"S",
+            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+        )
+
+    def _poke(self, key: str, offset: int) -> None:
+        s = self.secrets[int(key)]
+        r = s._region
+        r.protect(_os.PROT_RW)  # a buggy C extension writing where it should not
+        ctypes.memset(r.data + offset, 0x41, 1)
+        r.protect(_os.PROT_NONE)
+        try:
+            s.close()
+        except Exception as e:
+            self.reply(error=f"{type(e).__name__}: {e}", closed=s.closed)
+        else:
+            self.reply(error=None, closed=s.closed)
+
+    def do_overflow(self, key: str) -> None:
+        self._poke(key, self.secrets[int(key)]._region.size)
+
+    def do_underflow(self, key: str) -> None:
+        self._poke(key, -1)
+
+    def do_core(self) -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
+        os.abort()
+
+    def do_stats(self) -> None:
+        self.reply(**stats().__dict__)
+
+    def do_exit(self) -> None:
+        self.reply(ok=True)
+        sys.exit(0)
+
+
+def main() -> None:
+    """The child's loop: one command per stdin line, until ``exit`` or EOF."""
+    child = _Child()
+    for line in iter(sys.stdin.buffer.readline, b""):
+        try:
+            child.run(line.decode())
+        except Exception as e:
+            child.reply(error=f"{type(e).__name__}: {e}")
+
+
+class ProbeDied(Exception):
+    """The child died before answering; ``signal`` is the signal that killed it, if any."""
+
+    def __init__(self, returncode: int | None) -> None:
+        self.returncode = returncode
+        self.signal = -returncode if returncode is not None and returncode < 0 else None
+        name = signal.Signals(self.signal).name if self.signal else f"exit {returncode}"
+        super().__init__(f"probe child died ({name})")
+
+
+class Probe:
+    """The parent's handle on a probe child. Use as a context manager."""
+
+    def __init__(self, cwd: str | None = None, preexec_fn: Any = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "securememory._probe"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=cwd,
+            preexec_fn=preexec_fn,
+        )
+        self.pid = self.proc.pid
+
+    def send(self, line: str, raw: bytes = b"") -> dict[str, Any]:
+        """Send a command (and raw bytes after it); return the answer, with ``bytes`` if any."""
+        stdin, stdout = self._pipes()
+        try:
+            stdin.write(line.encode() + b"\n" + raw)
+            stdin.flush()
+        except BrokenPipeError:
+            raise ProbeDied(self.proc.wait()) from None
+        head = stdout.readline()
+        if not head:
+            raise ProbeDied(self.proc.wait())
+        answer: dict[str, Any] = json.loads(head)
+        if "raw" in answer:
+            answer["bytes"] = stdout.read(answer["raw"])
+        if answer.get("error") and set(answer) == {"error"}:
+            raise RuntimeError(f"probe command {line!r} failed: {answer['error']}")
+        return answer
+
+    def _pipes(self) -> tuple[IO[bytes], IO[bytes]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        return self.proc.stdin, self.proc.stdout
+
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for the child; return its return code (``-signal`` if killed)."""
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for pipe in self._pipes():
+            pipe.close()
+
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    main()
