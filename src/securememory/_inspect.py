@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -168,6 +169,8 @@ def kernel_core_unavailable() -> str | None:
         return f"core_pattern pipes dumps to a program ({pattern.split()[0]}), not to a file"
     if "/" in pattern:
         return f"core_pattern writes to a fixed path ({pattern}); expected a file in the cwd"
+    if os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_CORE)[1] == 0:
+        return "the RLIMIT_CORE hard limit is 0 and only root may raise it"
     return None
 
 
@@ -184,6 +187,13 @@ def gcore_unavailable() -> str | None:
     """Why ``gcore`` cannot dump a live process here, or ``None``."""
     if shutil.which("gcore") is None:
         return "gcore not installed (Debian: apt-get install gdb)"
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read())
+    except (OSError, ValueError):
+        scope = 0
+    if scope >= 1 and os.geteuid() != 0:
+        return f"kernel.yama.ptrace_scope is {scope}: gdb may not attach to a sibling process"
     return None
 
 

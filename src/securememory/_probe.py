@@ -40,6 +40,7 @@ from typing import IO, Any
 
 from . import _os
 from ._secret import Secret, stats
+from .errors import MemoryLockError
 
 
 def _factory(impl: str) -> Any:
@@ -192,6 +193,20 @@ class _Child:
     def do_underflow(self, key: str) -> None:
         self._poke(key, -1)
 
+    def do_fill(self, impl: str, size: str) -> None:
+        """Create secrets until the memlock budget refuses one; report what was left behind."""
+        factory, made = _factory(impl), []
+        try:
+            while True:
+                before = stats()
+                made.append(factory.create_random(int(size)))
+        except MemoryLockError as e:
+            after = stats()
+            self.reply(made=len(made), error=str(e), before=before.__dict__, after=after.__dict__)
+        finally:
+            for s in made:
+                s.close()
+
     def do_core(self) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)
         os.abort()
@@ -224,10 +239,44 @@ class ProbeDied(Exception):
         super().__init__(f"probe child died ({name})")
 
 
+def unprivileged_unavailable() -> str | None:
+    """Why a child without ``CAP_IPC_LOCK`` cannot be started here, or ``None``."""
+    if os.geteuid() != 0:
+        return None  # an ordinary user never had the capability
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import securememory._os as o; print(o.memlock_budget().exempt)",
+            ],
+            preexec_fn=lambda: _unprivileged(1 << 20),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.SubprocessError as e:
+        return f"cannot start a child without CAP_IPC_LOCK: {e}"
+    if out.stdout.strip() != "False":
+        return f"the child kept CAP_IPC_LOCK: {out.stderr.strip()[-300:]}"
+    return None
+
+
+def _unprivileged(memlock: int) -> None:
+    """In a forked child before exec: a small ``RLIMIT_MEMLOCK`` and, as root, no CAP_IPC_LOCK."""
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+    if os.geteuid() == 0:
+        _os.drop_ipc_lock_capability()
+
+
 class Probe:
     """The parent's handle on a probe child. Use as a context manager."""
 
-    def __init__(self, cwd: str | None = None, preexec_fn: Any = None) -> None:
+    def __init__(self, cwd: str | None = None, memlock: int | None = None) -> None:
+        """Start a child in ``cwd``; with ``memlock``, the child runs with that
+        ``RLIMIT_MEMLOCK`` and without ``CAP_IPC_LOCK`` (dropped from the bounding set, as root).
+        """
+        preexec_fn = None if memlock is None else lambda: _unprivileged(memlock)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "securememory._probe"],
             stdin=subprocess.PIPE,

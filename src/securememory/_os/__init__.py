@@ -46,6 +46,8 @@ if UNSUPPORTED is None:
     map_secretmem = _impl.map_secretmem
     secretmem_unavailable = _impl.secretmem_unavailable
     memlock_budget = _impl.memlock_budget
+    if sys.platform.startswith("linux"):
+        from .linux import drop_ipc_lock_capability
 
 __all__ = [
     "CAN_EXCLUDE_FROM_DUMPS",

@@ -155,3 +155,14 @@ def memlock_budget() -> MemlockBudget:
     vmlck = _status_field("VmLck")
     locked = int(vmlck.split()[0]) * 1024 if vmlck else None
     return MemlockBudget(soft, hard, has_ipc_lock(), locked)
+
+
+PR_CAPBSET_DROP = 24
+
+
+def drop_ipc_lock_capability() -> None:
+    """Drop ``CAP_IPC_LOCK`` from the bounding set (``prctl(PR_CAPBSET_DROP)``), so that a
+    program this process ``exec``\\ s next is held to ``RLIMIT_MEMLOCK`` even as root. Needs
+    ``CAP_SETPCAP``; meant for a ``preexec_fn``."""
+    if libc.prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0:
+        raise os_error("prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK)")
