@@ -88,7 +88,7 @@ class ScanResult:
 
     hits: dict[bytes, list[tuple[int, str]]]
     bytes_read: int = 0
-    unreadable: list[str] = field(default_factory=list)  # "lo-hi path: error" of skipped ranges
+    unreadable: list[tuple[int, int, str]] = field(default_factory=list)  # (lo, hi, "path: why")
 
     def found(self, needle: bytes, outside: tuple[int, int] | None = None) -> list[int]:
         """Addresses of ``needle``, leaving out those inside ``outside = (start, end)``."""
@@ -122,7 +122,7 @@ def scan_memory(pid: int, needles: list[bytes]) -> ScanResult:
                 try:
                     chunk = os.pread(fd, n, pos)
                 except OSError as e:
-                    result.unreadable.append(f"{pos:x}-{pos + n:x} {m.path}: {e.strerror}")
+                    result.unreadable.append((pos, pos + n, f"{m.path}: {e.strerror}"))
                     pos, prev_tail = pos + n, b""
                     continue
                 if not chunk:

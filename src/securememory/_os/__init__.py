@@ -60,6 +60,7 @@ __all__ = [
     "MemlockBudget",
     "address_of",
     "disable_core_dumps",
+    "drop_ipc_lock_capability",
     "drop_on_fork",
     "exclude_from_dumps",
     "exporter",
