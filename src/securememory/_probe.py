@@ -222,7 +222,8 @@ class _Child:
 def main() -> None:
     """The child's loop: one command per stdin line, until ``exit`` or EOF."""
     child = _Child()
-    for line in iter(sys.stdin.buffer.readline, b""):
+    stdin = open(0, "rb", buffering=0, closefd=False)  # unbuffered: raw input stays in the pipe
+    for line in iter(stdin.readline, b""):
         try:
             child.run(line.decode())
         except Exception as e:
