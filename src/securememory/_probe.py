@@ -222,12 +222,12 @@ class _Child:
 def main() -> None:
     """The child's loop: one command per stdin line, until ``exit`` or EOF."""
     child = _Child()
-    stdin = open(0, "rb", buffering=0, closefd=False)  # unbuffered: raw input stays in the pipe
-    for line in iter(stdin.readline, b""):
-        try:
-            child.run(line.decode())
-        except Exception as e:
-            child.reply(error=f"{type(e).__name__}: {e}")
+    with open(0, "rb", buffering=0, closefd=False) as stdin:  # unbuffered: raw input stays
+        for line in iter(stdin.readline, b""):
+            try:
+                child.run(line.decode())
+            except Exception as e:
+                child.reply(error=f"{type(e).__name__}: {e}")
 
 
 class ProbeDied(Exception):
