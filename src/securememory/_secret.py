@@ -59,11 +59,22 @@ def _reap(key: int, region: Region, site: str) -> None:
 
 @atexit.register
 def _wipe_all_at_exit() -> None:
-    """At interpreter exit, wipe and free every secret still open."""
+    """At interpreter exit, wipe and free every secret still open (no warning).
+
+    weakref's own exit hook has already run by then and made calling a finalizer a no-op, so
+    each secret is taken back from its finalizer and closed in place: later uses raise
+    SecretClosedError. An access still running in a daemon thread does not stop the wipe.
+    """
     global _exiting
     _exiting = True
     for fin in list(_live.values()):
-        fin()
+        # weakref's own exit hook has already run and made calling a finalizer a no-op, so
+        # take the callback back and run it ourselves.
+        info = fin.detach()
+        if info is not None:
+            secret = info[0]
+            with secret._lock:
+                secret._destroy()
 
 
 class Secret:

@@ -1,0 +1,337 @@
+"""The public API contract, for every implementation: values, errors, lifecycle, leaks."""
+
+from __future__ import annotations
+
+import array
+import copy
+import gc
+import io
+import mmap
+import pickle
+import resource
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+import securememory
+from securememory import (
+    MemoryLockError,
+    SecretClosedError,
+    SecureMemoryError,
+    UnsupportedPlatformError,
+    _os,
+    secretmem,
+)
+
+
+def _leak_counters() -> tuple[int, int, int]:
+    st = securememory.stats()
+    return st.live_secrets, st.bytes_mapped, st.bytes_locked
+
+
+def test_new_copies_and_wipes_writable_sources(factory: securememory.SecretFactory) -> None:
+    data = bytes(range(40))
+    sources: list[object] = [
+        bytearray(data),
+        memoryview(bytearray(data)),
+        array.array("B", data),
+    ]
+    m = mmap.mmap(-1, len(data))
+    m.write(data)
+    sources.append(m)
+    for src in sources:
+        with factory.new(src) as s:
+            assert len(s) == 40
+            assert s.with_bytes(bytes) == data
+        assert bytes(memoryview(src)) == bytes(40), type(src)  # type: ignore[arg-type]
+    m.close()
+
+
+def test_new_keeps_readonly_sources(factory: securememory.SecretFactory) -> None:
+    with factory.new(b"\x01\x02\x03") as s:
+        assert s.with_bytes(bytes) == b"\x01\x02\x03"
+    ba = bytearray(b"abc")
+    with factory.new(memoryview(ba).toreadonly()) as s:
+        assert s.with_bytes(bytes) == b"abc"
+    assert ba == b"abc"  # a read-only view cannot be wiped through
+
+
+def test_new_multibyte_format(factory: securememory.SecretFactory) -> None:
+    a = array.array("I", [1, 2, 3])
+    with factory.new(a) as s:
+        assert len(s) == 12
+    assert list(a) == [0, 0, 0]
+
+
+def test_source_wiped_when_creation_fails(
+    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mlock refused (injected) -> MemoryLockError, source wiped, nothing mapped or counted."""
+    if factory.implementation == "secretmem":
+        target = "map_secretmem"
+    else:
+        target = "lock"
+    budget = _os.memlock_budget()
+
+    def refuse(*args: object) -> None:
+        raise _os.memlock_error(4096, budget, 12)
+
+    before = _leak_counters()
+    maps_before = open("/proc/self/maps").read().count("\n")
+    monkeypatch.setattr(_os, target, refuse)
+    src = bytearray(b"k" * 32)
+    with pytest.raises(MemoryLockError, match="RLIMIT_MEMLOCK"):
+        factory.new(src)
+    assert src == bytes(32)
+    assert _leak_counters() == before
+    assert open("/proc/self/maps").read().count("\n") == maps_before
+
+
+def test_empty_source_is_wiped_value_error(factory: securememory.SecretFactory) -> None:
+    with pytest.raises(ValueError, match="0 bytes"):
+        factory.new(bytearray())
+
+
+@pytest.mark.parametrize("bad", ["text", 5, None, 3.0, [1, 2], object()])
+def test_new_wrong_types(factory: securememory.SecretFactory, bad: object) -> None:
+    with pytest.raises(TypeError, match="bytes-like"):
+        factory.new(bad)
+
+
+def test_new_non_contiguous(factory: securememory.SecretFactory) -> None:
+    with pytest.raises(ValueError, match="contiguous"):
+        factory.new(memoryview(bytearray(10))[::2])
+
+
+def test_create_random(factory: securememory.SecretFactory) -> None:
+    a, b = factory.create_random(32), factory.create_random(32)
+    try:
+        assert a.with_bytes(bytes) != b.with_bytes(bytes)
+        assert a.with_bytes(bytes) != bytes(32)
+    finally:
+        a.close()
+        b.close()
+    with factory.create_random(5000) as big:  # across pages, getrandom in one call or more
+        assert len(big) == 5000 and big.with_bytes(lambda v: v.nbytes) == 5000
+
+
+@pytest.mark.parametrize("size", [0, -1, securememory._region.MAX_SIZE + 1])
+def test_bad_sizes(factory: securememory.SecretFactory, size: int) -> None:
+    with pytest.raises(ValueError, match="between 1 and"):
+        factory.create_random(size)
+
+
+@pytest.mark.parametrize("size", [True, 3.0, "32", None])
+def test_bad_size_types(factory: securememory.SecretFactory, size: object) -> None:
+    with pytest.raises(TypeError, match="size must be an int"):
+        factory.create_random(size)  # type: ignore[arg-type]
+
+
+def test_views_are_read_only_and_released(factory: securememory.SecretFactory) -> None:
+    with factory.create_random(16) as s:
+        with s.access() as view:
+            assert view.readonly and view.format == "B" and view.nbytes == 16
+            with pytest.raises(TypeError):
+                view[0] = 1
+        with pytest.raises(ValueError, match="released"):
+            view[0]
+        kept = s.with_bytes(lambda v: v)
+        with pytest.raises(ValueError, match="released"):
+            bytes(kept)
+
+
+def test_with_bytes_returns_result_and_propagates(factory: securememory.SecretFactory) -> None:
+    with factory.new(b"abc") as s:
+        assert s.with_bytes(lambda v: v[1]) == ord("b")
+        empty: dict[int, int] = {}
+        with pytest.raises(KeyError):
+            s.with_bytes(lambda v: empty[v[0]])
+        assert s.with_bytes(bytes) == b"abc"  # still usable, and no-access again
+        assert s._count == 0
+
+
+def test_nested_access(factory: securememory.SecretFactory) -> None:
+    with factory.new(b"xyz") as s:
+        with s.access() as a, s.access() as b:
+            assert bytes(a) == bytes(b) == b"xyz"
+            assert s._count == 2
+        assert s._count == 0
+        acc = s.access()
+        with acc, pytest.raises(RuntimeError, match="already entered"):
+            acc.__enter__()
+
+
+def test_close_is_idempotent_and_everything_after_raises(
+    factory: securememory.SecretFactory,
+) -> None:
+    before = _leak_counters()
+    s = factory.new(b"secret")
+    s.close()
+    s.close()
+    assert s.closed
+    assert _leak_counters() == before
+    for use in (
+        lambda: s.with_bytes(bytes),
+        lambda: s.access().__enter__(),
+        lambda: len(s),
+        s.reader,
+    ):
+        with pytest.raises(SecretClosedError):
+            use()
+    assert "closed" in repr(s)
+
+
+def test_close_inside_access_raises_without_deadlock(factory: securememory.SecretFactory) -> None:
+    with factory.new(b"abc") as s:
+        with pytest.raises(SecureMemoryError, match="inside an access"):
+            s.with_bytes(lambda v: s.close())
+        assert not s.closed
+        assert s.with_bytes(bytes) == b"abc"
+
+
+def test_context_manager_closes(factory: securememory.SecretFactory) -> None:
+    with factory.new(b"abc") as s:
+        assert not s.closed
+    assert s.closed
+
+
+def test_repr_bool_pickle_copy(factory: securememory.SecretFactory) -> None:
+    with factory.new(b"topsecretvalue") as s:
+        for text in (repr(s), str(s), f"{s}"):
+            assert "topsecret" not in text and factory.implementation in text
+        assert bool(s) is True
+        with pytest.raises(TypeError, match="pickled or copied"):
+            pickle.dumps(s)
+        with pytest.raises(TypeError, match="pickled or copied"):
+            copy.copy(s)
+        with pytest.raises(TypeError, match="pickled or copied"):
+            copy.deepcopy(s)
+        assert not hasattr(s, "__dict__")
+
+
+def test_reader(factory: securememory.SecretFactory) -> None:
+    data = bytes(range(100))
+    with factory.new(data) as s:
+        r = s.reader()
+        assert isinstance(r, io.RawIOBase) and r.readable() and r.seekable()
+        buf = bytearray(30)
+        assert r.readinto(buf) == 30 and buf == data[:30]
+        assert r.read(10) == data[30:40]
+        assert r.tell() == 40
+        r.seek(-5, io.SEEK_END)
+        assert r.read() == data[95:]
+        assert r.read() == b"" and r.readinto(buf) == 0
+        r.seek(0)
+        assert io.BufferedReader(r).read() == data
+        with pytest.raises(ValueError):
+            r.seek(-1)
+
+
+def test_gc_of_unclosed_secret_wipes_and_warns(factory: securememory.SecretFactory) -> None:
+    before = _leak_counters()
+    s = factory.new(b"abc")
+    assert _leak_counters()[0] == before[0] + 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del s
+        gc.collect()
+    assert _leak_counters() == before
+    (w,) = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert "test_api.py" in str(w.message) and "never closed" in str(w.message)
+
+
+def test_stats() -> None:
+    factory = securememory.SecretFactory()
+    st0 = securememory.stats()
+    with factory.create_random(32):
+        st = securememory.stats()
+        assert st.live_secrets == st0.live_secrets + 1
+        assert st.total_created == st0.total_created + 1
+        assert st.bytes_locked - st0.bytes_locked == 4096
+        assert st.bytes_mapped - st0.bytes_mapped == 3 * 4096
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        assert st.memlock_limit == (None if soft == resource.RLIM_INFINITY else soft)
+        assert st.memlock_hard_limit == (None if hard == resource.RLIM_INFINITY else hard)
+        if st.memlock_exempt:
+            assert st.memlock_available is None
+        else:
+            assert st.memlock_available is not None
+    assert securememory.stats().live_secrets == st0.live_secrets
+
+
+def test_default_factory_picks_strongest() -> None:
+    f = securememory.SecretFactory()
+    assert isinstance(f, securememory.SecretFactory)
+    assert f.implementation == ("secretmem" if secretmem.available() else "guarded")
+    with f.create_random(8) as s:
+        assert s.implementation == f.implementation
+
+
+def test_secretmem_availability_is_explained() -> None:
+    avail = secretmem.available()
+    assert bool(avail) == avail.ok
+    assert avail.ok or avail.reason
+
+
+def test_secretmem_unavailable_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_os, "secretmem_unavailable", lambda: "kernel too old (injected)")
+    assert not secretmem.available()
+    with pytest.raises(UnsupportedPlatformError, match="kernel too old"):
+        secretmem.SecretFactory()
+    assert securememory.SecretFactory().implementation == "guarded"
+
+
+def test_mprotect_failure_fails_closed(
+    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the region cannot be made readable, the secret is wiped, freed and closed."""
+    before = _leak_counters()
+    s = factory.create_random(32)
+    real = _os.protect
+
+    def fail_read(addr: int, length: int, prot: int) -> None:
+        if prot == _os.PROT_READ:
+            raise SecureMemoryError("mprotect(1) failed: injected", 12)
+        real(addr, length, prot)
+
+    monkeypatch.setattr(_os, "protect", fail_read)
+    with pytest.raises(SecureMemoryError, match="injected"):
+        s.with_bytes(bytes)
+    assert s.closed and _leak_counters() == before
+
+
+def test_core_dumps_disabled_by_first_factory() -> None:
+    """In a fresh interpreter: RLIMIT_CORE soft becomes 0; the opt-out leaves it alone."""
+    code = (
+        "import resource, securememory.guarded as g\n"
+        "resource.setrlimit(resource.RLIMIT_CORE, (4096, resource.getrlimit(4)[1]))\n"
+        "g.SecretFactory(disable_core_dumps={flag})\n"
+        "print(resource.getrlimit(resource.RLIMIT_CORE)[0])\n"
+    )
+    for flag, expected in (("True", "0"), ("False", "4096")):
+        out = subprocess.run(
+            [sys.executable, "-c", code.format(flag=flag)], capture_output=True, text=True
+        )
+        assert out.stdout.strip() == expected, out.stderr
+
+
+def test_exit_wipes_live_secrets() -> None:
+    """At interpreter exit every open secret is wiped (the atexit hook runs the finalizers)."""
+    code = (
+        "import securememory, securememory._secret as m\n"
+        "s = securememory.SecretFactory().create_random(32)\n"
+        "real = m.Region.free\n"
+        "def spy(self):\n"
+        "    r = real(self); print('freed', self.size, r, flush=True); return r\n"
+        "m.Region.free = spy\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", code],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "freed 32 True"
+    assert "ResourceWarning" not in out.stderr
