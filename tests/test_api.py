@@ -21,6 +21,7 @@ from securememory import (
     SecretClosedError,
     SecureMemoryError,
     UnsupportedPlatformError,
+    _inspect,
     _os,
     secretmem,
 )
@@ -69,24 +70,21 @@ def test_source_wiped_when_creation_fails(
     factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """mlock refused (injected) -> MemoryLockError, source wiped, nothing mapped or counted."""
-    if factory.implementation == "secretmem":
-        target = "map_secretmem"
-    else:
-        target = "lock"
+    target = "map_secretmem" if factory.implementation == "secretmem" else "lock"
     budget = _os.memlock_budget()
 
     def refuse(*args: object) -> None:
         raise _os.memlock_error(4096, budget, 12)
 
     before = _leak_counters()
-    maps_before = open("/proc/self/maps").read().count("\n")
+    maps_before = _inspect.maps()
     monkeypatch.setattr(_os, target, refuse)
     src = bytearray(b"k" * 32)
     with pytest.raises(MemoryLockError, match="RLIMIT_MEMLOCK"):
         factory.new(src)
     assert src == bytes(32)
     assert _leak_counters() == before
-    assert open("/proc/self/maps").read().count("\n") == maps_before
+    assert _inspect.maps() == maps_before
 
 
 def test_empty_source_is_wiped_value_error(factory: securememory.SecretFactory) -> None:
