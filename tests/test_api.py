@@ -77,14 +77,22 @@ def test_source_wiped_when_creation_fails(
         raise _os.memlock_error(4096, budget, 12)
 
     before = _leak_counters()
-    maps_before = _inspect.maps()
+    mapped: list[int] = []
+    real_map = _os.map_memory
+
+    def spy_map(length: int, **kw: int) -> int:
+        mapped.append(real_map(length, **kw))
+        return mapped[-1]
+
+    monkeypatch.setattr(_os, "map_memory", spy_map)
     monkeypatch.setattr(_os, target, refuse)
     src = bytearray(b"k" * 32)
     with pytest.raises(MemoryLockError, match="RLIMIT_MEMLOCK"):
         factory.new(src)
     assert src == bytes(32)
     assert _leak_counters() == before
-    assert _inspect.maps() == maps_before
+    assert mapped  # the region was mapped before the refusal ...
+    assert not [m for m in _inspect.maps() if m.start <= mapped[0] < m.end]  # ... and unmapped
 
 
 def test_empty_source_is_wiped_value_error(factory: securememory.SecretFactory) -> None:
