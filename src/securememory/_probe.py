@@ -14,7 +14,8 @@ Commands (``ID`` is the number ``make`` answered):
 - ``close ID``, ``drop ID`` (delete the last reference, ``gc.collect()``, report warnings).
 - ``peek ID`` / ``peek_in_access ID``: read the first byte at the data address with ctypes
   (outside an access this kills the child with SIGSEGV).
-- ``stale_view ID`` / ``stale_slice ID``: keep the view (a slice of it) past the access, use it.
+- ``stale_view ID`` / ``stale_slice ID [close]``: keep the view (a slice of it) past the
+  access (and the close), use it.
 - ``fork ID``: fork; the grandchild reads the secret inside an access and reports whether it
   saw only zeros, or the signal that killed it.
 - ``overflow ID`` / ``underflow ID``: write one byte past the end (SIGSEGV on guard page) or
@@ -144,9 +145,12 @@ class _Child:
         else:
             self.reply(raised=None)
 
-    def do_stale_slice(self, key: str) -> None:
-        part = self.secrets[int(key)].with_bytes(lambda v: v[1:])
+    def do_stale_slice(self, key: str, then: str = "") -> None:
+        s = self.secrets[int(key)]
+        part = s.with_bytes(lambda v: v[1:])
         self.kept.append(part)
+        if then == "close":  # the range is quarantined, not unmapped: still no-access
+            s.close()
         self.reply(byte=part[0] >= 0)  # SIGSEGV here: the slice points at no-access pages
 
     def do_fork(self, key: str) -> None:
