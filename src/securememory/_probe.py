@@ -1,9 +1,10 @@
 """A child process that holds secrets on command, for the live proofs (``check`` and the tests).
 
 The parent (:class:`Probe`) sends one command per line on the child's stdin; the child answers
-one JSON line on stdout, followed by raw bytes when the answer says ``"raw": n``. Secret bytes
-leave the child only as raw writes from an access view (``os.write(1, view)``): they never become
-a Python object in the child, so a scan of the child's memory finds only copies the library made.
+one JSON line on stdout, preceded by a ``RAW n`` line and n raw bytes when it hands out a secret.
+Secret bytes leave the child only as raw writes from an access view (``os.write(1, view)``): they
+never become a Python object in the child, so a scan of the child's memory finds only copies the
+library made.
 
 Commands (``ID`` is the number ``make`` answered):
 
@@ -53,31 +54,27 @@ class _Child:
     def __init__(self) -> None:
         self.secrets: dict[int, Secret] = {}
         self.controls: list[bytearray] = []
-        self.holds: dict[int, tuple[threading.Event, threading.Event]] = {}
+        self.holds: dict[int, tuple[threading.Thread, threading.Event]] = {}
         self.kept: list[memoryview] = []
 
-    def reply(self, raw: memoryview | None = None, **answer: Any) -> None:
-        if raw is not None:
-            answer["raw"] = raw.nbytes
+    def reply(self, **answer: Any) -> None:
         os.write(1, json.dumps(answer).encode() + b"\n")
-        if raw is not None:
-            os.write(1, raw)
 
     def add(self, s: Secret) -> None:
         key = len(self.secrets)
         self.secrets[key] = s
         r = s._region
-        s.with_bytes(
-            lambda view: self.reply(
-                view,
-                id=key,
-                data=r.data,
-                size=r.size,
-                inner=r.inner,
-                inner_len=r.inner_len,
-                base=r.base,
-                mapped=r.mapped,
-            )
+        # the bytes go out from inside the access; the answer only once it has ended, so the
+        # parent never looks at the child while the pages are still readable
+        s.with_bytes(lambda view: os.write(1, b"RAW %d\n" % view.nbytes) + os.write(1, view))
+        self.reply(
+            id=key,
+            data=r.data,
+            size=r.size,
+            inner=r.inner,
+            inner_len=r.inner_len,
+            base=r.base,
+            mapped=r.mapped,
         )
 
     def run(self, line: str) -> None:
@@ -107,13 +104,16 @@ class _Child:
                 entered.set()
                 leave.wait()
 
-        threading.Thread(target=hold, daemon=True).start()
+        thread = threading.Thread(target=hold, daemon=True)
+        thread.start()
         entered.wait()
-        self.holds[int(key)] = (entered, leave)
+        self.holds[int(key)] = (thread, leave)
         self.reply(ok=True)
 
     def do_release(self, key: str) -> None:
-        self.holds.pop(int(key))[1].set()
+        thread, leave = self.holds.pop(int(key))
+        leave.set()
+        thread.join()  # the access has ended when the answer goes out
         self.reply(ok=True)
 
     def do_close(self, key: str) -> None:
@@ -300,11 +300,15 @@ class Probe:
         except BrokenPipeError:
             raise ProbeDied(self.proc.wait()) from None
         head = stdout.readline()
+        raw_bytes = None
+        if head.startswith(b"RAW "):
+            raw_bytes = stdout.read(int(head.split()[1]))
+            head = stdout.readline()
         if not head:
             raise ProbeDied(self.proc.wait())
         answer: dict[str, Any] = json.loads(head)
-        if "raw" in answer:
-            answer["bytes"] = stdout.read(answer["raw"])
+        if raw_bytes is not None:
+            answer["bytes"] = raw_bytes
         if answer.get("error") and set(answer) == {"error"}:
             raise RuntimeError(f"probe command {line!r} failed: {answer['error']}")
         return answer

@@ -46,6 +46,7 @@ _mprotect = bind("mprotect", _INT, _VP, _SZ, _INT)
 _mlock = bind("mlock", _INT, _VP, _SZ)
 _munlock = bind("munlock", _INT, _VP, _SZ)
 madvise = bind("madvise", _INT, _VP, _SZ, _INT)
+_memcmp = bind("memcmp", _INT, _VP, ctypes.c_char_p, _SZ)
 
 
 def os_error(what: str) -> SecureMemoryError:
@@ -148,6 +149,11 @@ def view(exp: object, writable: bool) -> memoryview:
     ro = v.toreadonly()
     v.release()
     return ro
+
+
+def equal(addr: int, expected: bytes, length: int) -> bool:
+    """Whether ``length`` bytes at ``addr`` equal the start of ``expected`` (one ``memcmp``)."""
+    return _memcmp(addr, expected, length) == 0
 
 
 def address_of(buf: memoryview) -> int:
