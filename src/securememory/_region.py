@@ -64,6 +64,7 @@ class Region:
     __slots__ = (
         "_exp",
         "_exp_refs",
+        "_mprotect",
         "base",
         "canary_len",
         "data",
@@ -109,6 +110,7 @@ class Region:
         except BaseException:
             _os.unmap(self.base, self.mapped)
             raise
+        self._mprotect = _os.protector(self.inner, self.inner_len)
         self._exp = _os.exporter(self.data, size)
         self._exp_refs = sys.getrefcount(self._exp)
         if guarded:
@@ -119,7 +121,8 @@ class Region:
 
     def protect(self, prot: int) -> None:
         """Set the data pages to ``_os.PROT_NONE``, ``PROT_READ`` or ``PROT_RW``."""
-        _os.protect(self.inner, self.inner_len, prot)
+        if self._mprotect(prot):
+            raise _os.os_error(f"mprotect({prot})")
 
     def view(self, writable: bool = False) -> memoryview:
         """A new byte view of the data. Release it with :meth:`end_view`."""
