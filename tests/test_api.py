@@ -351,3 +351,22 @@ def test_exit_wipes_live_secrets() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "freed 32 True"
     assert "ResourceWarning" not in out.stderr
+
+
+def test_forked_child_exits_cleanly(factory: securememory.SecretFactory) -> None:
+    """A forked child that exits normally runs the exit wipe on its copy without an error."""
+    code = (
+        "import os, sys, securememory.{module} as m\n"
+        "s = m.SecretFactory().create_random(32)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    sys.exit(0)  # atexit runs here, in the child\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status))\n"
+    )
+    module = {"protected": "protectedmemory"}.get(factory.implementation, factory.implementation)
+    out = subprocess.run(
+        [sys.executable, "-c", code.format(module=module)], capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
+    assert "Exception" not in out.stderr and "Error" not in out.stderr, out.stderr

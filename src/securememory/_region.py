@@ -15,7 +15,7 @@ import sys
 import threading
 
 from . import _os
-from .errors import UnsupportedPlatformError
+from .errors import SecureMemoryError, UnsupportedPlatformError
 
 MIN_CANARY = 16
 MAX_SIZE = 1 << 30
@@ -73,6 +73,7 @@ class Region:
         "inner_len",
         "locked",
         "mapped",
+        "pid",
         "secretmem",
         "size",
     )
@@ -82,6 +83,7 @@ class Region:
             raise UnsupportedPlatformError(_os.UNSUPPORTED)
         page = _os.PAGE_SIZE
         self.size = size
+        self.pid = os.getpid()
         self.guarded = guarded
         self.secretmem = secretmem
         self.inner_len = _round_up(size + MIN_CANARY if guarded else size)
@@ -147,7 +149,15 @@ class Region:
         If a view of the data is still referenced, the range is replaced by fresh no-access
         memory and never unmapped, so the stale view faults instead of reading whatever the
         kernel maps there next (another secret, say). The wipe happens in every case.
+
+        In a forked child the region holds zeros (``MADV_WIPEONFORK``) or is not mapped at all
+        (``MADV_DONTFORK``): there is nothing to wipe, and the child only drops its mapping.
         """
+        if os.getpid() != self.pid:
+            with contextlib.suppress(SecureMemoryError):
+                _os.unmap(self.base, self.mapped)
+            _count(-self.mapped, -self.locked)
+            return True
         self.protect(_os.PROT_RW)
         intact = self.canary_ok()
         _os.zero(self.inner, self.inner_len)
