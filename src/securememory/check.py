@@ -227,19 +227,30 @@ def prove_direct_map(impl: str) -> Result:
 
 
 def prove_memlock_budget(impl: str) -> Result:
-    """Over ``RLIMIT_MEMLOCK`` (a child without CAP_IPC_LOCK): MemoryLockError, nothing leaked."""
+    """Over ``RLIMIT_MEMLOCK`` (a child without CAP_IPC_LOCK): MemoryLockError, nothing leaked,
+    both from the library's pre-check and from the kernel's own refusal."""
     reason = _probe.unprivileged_unavailable()
     if reason:
         return Result("skip", reason)
-    with _probe.Probe(memlock=16 * 4096) as p:
-        a = p.send(f"fill {impl} {SIZE}")
-    before, after = a["before"], a["after"]
-    same = all(before[k] == after[k] for k in ("live_secrets", "bytes_mapped", "bytes_locked"))
+    answers = {}
+    for how in ("precheck", "kernel"):
+        with _probe.Probe(memlock=16 * 4096) as p:
+            answers[how] = p.send(f"fill {impl} {SIZE} {how}")
+    ok, notes = True, []
+    for how, a in answers.items():
+        before, after = a["before"], a["after"]
+        same = all(before[k] == after[k] for k in ("live_secrets", "bytes_mapped", "bytes_locked"))
+        ok = ok and a["made"] > 0 and "RLIMIT_MEMLOCK" in a["error"] and same
+        ok = ok and a["vmlck"] == after["bytes_locked"]
+        notes.append(f"{how}: {a['made']} fit, then MemoryLockError (errno {a['errno']})")
+    ok = ok and answers["kernel"]["errno"] is not None
     return _ok(
-        a["made"] > 0 and "RLIMIT_MEMLOCK" in a["error"] and same,
-        f"{a['made']} secrets fit in 64 KiB, then MemoryLockError; leaked nothing: {same}",
-        made=a["made"],
-        error=a["error"],
+        ok,
+        "; ".join(notes) + " in 64 KiB; nothing leaked",
+        made=answers["precheck"]["made"],
+        made_kernel=answers["kernel"]["made"],
+        error=answers["precheck"]["error"],
+        kernel_errno=answers["kernel"]["errno"],
     )
 
 
