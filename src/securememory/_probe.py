@@ -206,7 +206,7 @@ class _Child:
         factory, made = _factory(impl), []
         real_budget = _os.memlock_budget
         if check == "kernel":
-            _os.memlock_budget = lambda: real_budget()._replace(exempt=True)  # type: ignore[misc]
+            _os.memlock_budget = lambda: real_budget()._replace(exempt=True)
         try:
             while True:
                 before = stats()
@@ -222,7 +222,7 @@ class _Child:
                 vmlck=real_budget().locked,
             )
         finally:
-            _os.memlock_budget = real_budget  # type: ignore[misc]
+            _os.memlock_budget = real_budget
             for s in made:
                 s.close()
 
