@@ -13,8 +13,9 @@ import pickle
 import resource
 import subprocess
 import sys
+import threading
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -98,7 +99,7 @@ def test_source_wiped_when_creation_fails(
     assert not [m for m in _inspect.maps() if m.start <= mapped[0] < m.end]  # ... and unmapped
 
 
-def test_empty_source_is_wiped_value_error(factory: securememory.SecretFactory) -> None:
+def test_empty_source_value_error(factory: securememory.SecretFactory) -> None:
     with pytest.raises(ValueError, match="0 bytes"):
         factory.new(bytearray())
 
@@ -109,9 +110,11 @@ def test_new_wrong_types(factory: securememory.SecretFactory, bad: object) -> No
         factory.new(bad)
 
 
-def test_new_non_contiguous(factory: securememory.SecretFactory) -> None:
+def test_new_non_contiguous_refused_and_wiped(factory: securememory.SecretFactory) -> None:
+    ba = bytearray(b"S3CR3T-S3CR3T")
     with pytest.raises(ValueError, match="contiguous"):
-        factory.new(memoryview(bytearray(10))[::2])
+        factory.new(memoryview(ba)[::2])
+    assert ba[::2] == bytes(7) and ba[1::2] == b"3RTSC3"  # the source items, and only they
 
 
 def test_create_random(factory: securememory.SecretFactory) -> None:
@@ -370,3 +373,129 @@ def test_forked_child_exits_cleanly(factory: securememory.SecretFactory) -> None
     )
     assert out.returncode == 0 and out.stdout.strip() == "0", out.stderr
     assert "Exception" not in out.stderr and "Error" not in out.stderr, out.stderr
+
+
+def _perms(s: securememory.Secret) -> str:
+    r = s._region
+    (m,) = _inspect.smaps("self", r.inner, r.inner + 1)
+    return m.perms
+
+
+def test_access_left_from_another_thread(factory: securememory.SecretFactory) -> None:
+    """An access context entered in one thread and left in another is uncounted correctly."""
+    with factory.create_random(16) as s:
+        ctx = s.access()
+        ctx.__enter__()
+        t = threading.Thread(target=ctx.__exit__, args=(None, None, None))
+        t.start()
+        t.join()
+        assert s._count == 0 and not s._threads
+        assert _perms(s).startswith("---")
+    assert s.closed
+
+
+def test_failed_view_creation_undoes_the_count(
+    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with factory.create_random(16) as s:
+
+        def broken(*args: object) -> memoryview:
+            raise KeyboardInterrupt  # as if it arrived at the worst moment
+
+        monkeypatch.setattr(type(s._region), "view", broken)
+        with pytest.raises(KeyboardInterrupt):
+            s.with_bytes(bytes)
+        monkeypatch.undo()
+        assert s._count == 0 and not s._threads
+        assert _perms(s).startswith("---")
+
+
+def test_free_releases_pages_even_if_they_cannot_be_wiped(
+    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mprotect refusing everything but PROT_NONE: close raises, yet the mapping is gone and
+    nothing stays counted."""
+    before = _leak_counters()
+    real = _os.protector
+
+    def none_only(addr: int, length: int) -> Callable[[int], int]:
+        protect = real(addr, length)
+
+        def fail(prot: int) -> int:
+            if prot != _os.PROT_NONE:
+                ctypes.set_errno(errno.ENOMEM)
+                return -1
+            return protect(prot)
+
+        return fail
+
+    s = factory.create_random(32)
+    base = s._region.base
+    s._region._mprotect = none_only(s._region.inner, s._region.inner_len)
+    with pytest.raises(SecureMemoryError, match="Cannot allocate memory"):
+        s.close()
+    assert s.closed and _leak_counters() == before
+    assert not [m for m in _inspect.maps() if m.start <= base < m.end]
+    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("how", ["close", "gc", "canary", "failed-create", "exit"])
+def test_wipe_comes_before_unlock_and_unmap(
+    factory: securememory.SecretFactory, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order of the calls that end a region, recorded as they pass through to the kernel:
+    the whole inner range is zeroed, then unlocked (not secretmem: the kernel does it), then
+    unmapped. A wipe removed or moved after the unmap fails this test."""
+    calls: list[tuple[str, int, int]] = []
+    for name in ("zero", "unlock", "unmap"):
+        real = getattr(_os, name)
+
+        def spy(addr: int, length: int, _real: Any = real, _name: str = name) -> None:
+            calls.append((_name, addr, length))
+            _real(addr, length)
+
+        monkeypatch.setattr(_os, name, spy)
+    if how == "failed-create":
+        monkeypatch.setattr(_os, "fill_random", lambda a, n: (_ for _ in ()).throw(OSError()))
+        with pytest.raises(OSError):
+            factory.create_random(32)
+        region = None
+    else:
+        s = factory.create_random(32)
+        region = s._region
+        if how == "close":
+            s.close()
+        elif how == "gc":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                del s
+                gc.collect()
+        elif how == "canary":
+            if region.canary_len == 0:
+                pytest.skip("protected memory has no canary")
+            region.protect(_os.PROT_RW)
+            ctypes.memset(region.data - 1, 0x41, 1)
+            region.protect(_os.PROT_NONE)
+            with pytest.raises(securememory.CanaryError):
+                s.close()
+        else:
+            securememory._secret._wipe_all_at_exit()
+            securememory._secret._exiting = False
+            assert s.closed
+    names = [c[0] for c in calls]
+    expected = (
+        ["zero", "unmap"]
+        if factory.implementation == "secretmem"
+        else [
+            "zero",
+            "unlock",
+            "unmap",
+        ]
+    )
+    assert names[-len(expected) :] == expected, calls
+    zero, unmap = calls[-len(expected)], calls[-1]
+    if region is not None:
+        assert zero[1:] == (region.inner, region.inner_len)
+        assert unmap[1:] == (region.base, region.mapped)
+    else:
+        assert zero[2] == unmap[2] - (0 if factory.implementation == "protected" else 8192)

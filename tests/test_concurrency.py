@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import securememory
 from securememory import SecretClosedError
 
 
 def test_eight_threads_with_concurrent_close(factory: securememory.SecretFactory) -> None:
+    """8 threads each make at least 10,000 accesses, then a close lands while they go on: each
+    thread's run ends with SecretClosedError and nothing else."""
     before = securememory.stats()
     s = factory.create_random(32)
     expected = s.with_bytes(bytes)
@@ -16,17 +19,15 @@ def test_eight_threads_with_concurrent_close(factory: securememory.SecretFactory
     done = [0] * threads_n
     errors: list[BaseException] = []
     closed_seen = [False] * threads_n
-    start = threading.Barrier(threads_n + 1)
+    deadline = time.monotonic() + 120
 
     def work(i: int) -> None:
-        start.wait()
-        for _ in range(per_thread):
+        while time.monotonic() < deadline:
             try:
-                if s.with_bytes(lambda v: v == expected):
-                    done[i] += 1
-                else:
+                if not s.with_bytes(lambda v: v == expected):
                     errors.append(AssertionError("wrong bytes read"))
                     return
+                done[i] += 1
             except SecretClosedError:
                 closed_seen[i] = True
                 return
@@ -37,15 +38,14 @@ def test_eight_threads_with_concurrent_close(factory: securememory.SecretFactory
     threads = [threading.Thread(target=work, args=(i,)) for i in range(threads_n)]
     for t in threads:
         t.start()
-    start.wait()
-    while sum(done) < threads_n * per_thread // 2:  # close half way through
-        threading.Event().wait(0.001)
+    while min(done) < per_thread and time.monotonic() < deadline and not errors:
+        time.sleep(0.01)
     s.close()
     for t in threads:
         t.join()
     assert not errors, errors[:3]
+    assert min(done) >= per_thread
     assert s.closed and all(closed_seen)
-    assert threads_n * per_thread // 2 <= sum(done) < threads_n * per_thread
     after = securememory.stats()
     assert (after.live_secrets, after.bytes_locked) == (before.live_secrets, before.bytes_locked)
 

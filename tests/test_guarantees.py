@@ -132,6 +132,7 @@ def test_new_from_bytearray_leaves_no_copy(impl: str) -> None:
 def test_forked_child_cannot_see_secret(impl: str) -> None:
     r = check.prove_fork(impl)
     _passed(r)
+    assert r.evidence["refused"]  # the library will not use a secret in a forked child
     if impl == "secretmem":
         assert r.evidence["signal"] == 11
     else:

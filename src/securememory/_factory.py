@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from typing import Any, Callable, ClassVar
@@ -41,6 +42,10 @@ def _source_view(data: object) -> memoryview:
             f"got {type(data).__name__}"
         ) from None
     if not view.c_contiguous:
+        if not view.readonly:  # still wiped, item by item, as every writable source is
+            zero = b"\0" if view.format.lstrip("@=<>!") == "c" else 0
+            for index in itertools.product(*(range(n) for n in view.shape or ())):
+                view[index] = zero  # type: ignore[index]
         view.release()
         raise ValueError("expected a C-contiguous buffer; copy it into a bytearray first")
     flat = view.cast("B")

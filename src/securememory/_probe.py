@@ -17,8 +17,8 @@ Commands (``ID`` is the number ``make`` answered):
   (outside an access this kills the child with SIGSEGV).
 - ``stale_view ID`` / ``stale_slice ID [close]``: keep the view (a slice of it) past the
   access (and the close), use it.
-- ``fork ID``: fork; the grandchild reads the secret inside an access and reports whether it
-  saw only zeros, or the signal that killed it.
+- ``fork ID``: fork; the grandchild reports whether the library refused to use the secret
+  there, then reads the pages directly: only zeros, or the signal that killed it.
 - ``overflow ID`` / ``underflow ID``: write one byte past the end (SIGSEGV on guard page) or
   just before the data (the canary), then close.
 - ``core``: raise ``RLIMIT_CORE`` and abort, leaving a kernel core file in the cwd.
@@ -42,7 +42,7 @@ from typing import IO, Any
 
 from . import _os
 from ._secret import Secret, stats
-from .errors import MemoryLockError
+from .errors import MemoryLockError, SecureMemoryError
 
 
 def _factory(impl: str) -> Any:
@@ -160,21 +160,30 @@ class _Child:
         if pid == 0:  # pragma: no cover - runs in the grandchild, which never returns
             try:
                 os.close(r)
-                with s.access() as view:  # leaves by os._exit: no release, no canary check
-                    os.write(w, b"Z" if view == bytes(len(view)) else b"S")
-                    os._exit(0)
-            except BaseException:  # no mapping here (MADV_DONTFORK): touch it, as a bug would
-                ctypes.string_at(s._region.data, 1)
-                os.write(w, b"E")
+                try:
+                    s.with_bytes(len)
+                    os.write(w, b"u")  # the library let the child use the parent's secret
+                except SecureMemoryError:
+                    os.write(w, b"r")  # refused, as it should be
+                region = s._region  # now read the pages the way a bug in the child would
+                try:
+                    region.protect(_os.PROT_READ)
+                except SecureMemoryError:  # no mapping here (MADV_DONTFORK): touch it anyway
+                    ctypes.string_at(region.data, 1)
+                view = region.view()
+                os.write(w, b"Z" if view == bytes(len(view)) else b"S")
             finally:
                 os._exit(0)
         os.close(w)
-        seen = os.read(r, 1)
+        seen = b""
+        while chunk := os.read(r, 2):  # until the grandchild exits (or dies)
+            seen += chunk
         os.close(r)
         _, status = os.waitpid(pid, 0)
         self.reply(
-            zero=seen == b"Z",
-            seen_secret=seen == b"S",
+            refused=seen[:1] == b"r",
+            zero=seen[1:] == b"Z",
+            seen_secret=seen[1:] == b"S",
             signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
         )
 

@@ -152,23 +152,32 @@ class Region:
 
         In a forked child the region holds zeros (``MADV_WIPEONFORK``) or is not mapped at all
         (``MADV_DONTFORK``): there is nothing to wipe, and the child only drops its mapping.
+
+        If the pages cannot be made writable (``mprotect`` failing, say for lack of memory), they
+        are released unwiped and the error is raised: the kernel zeroes them before any reuse.
         """
         if os.getpid() != self.pid:
             with contextlib.suppress(SecureMemoryError):
                 _os.unmap(self.base, self.mapped)
             _count(-self.mapped, -self.locked)
             return True
-        self.protect(_os.PROT_RW)
-        intact = self.canary_ok()
-        _os.zero(self.inner, self.inner_len)
-        if not self.secretmem:
-            _os.unlock(self.inner, self.inner_len)
-        if self.views_alive():
-            _os.map_memory(self.mapped, addr=self.base, flags=_os.MAP_FIXED)
-            _count(-self.mapped, -self.locked, self.mapped)
-        else:
-            _os.unmap(self.base, self.mapped)
-            _count(-self.mapped, -self.locked)
+        intact = True
+        try:
+            self.protect(_os.PROT_RW)
+            intact = self.canary_ok()
+            _os.zero(self.inner, self.inner_len)
+        finally:  # the pages are released even if they could not be made writable and wiped
+            try:
+                if not self.secretmem:
+                    with contextlib.suppress(SecureMemoryError):
+                        _os.unlock(self.inner, self.inner_len)
+            finally:
+                if self.views_alive():
+                    _os.map_memory(self.mapped, addr=self.base, flags=_os.MAP_FIXED)
+                    _count(-self.mapped, -self.locked, self.mapped)
+                else:
+                    _os.unmap(self.base, self.mapped)
+                    _count(-self.mapped, -self.locked)
         return intact
 
 

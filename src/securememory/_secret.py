@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Callable, NoReturn, TypeVar
 
 from . import _os
-from ._region import Region, counters, memlock_budget, wipe_buffer
+from ._region import Region, check_size, counters, memlock_budget, wipe_buffer
 from .errors import CanaryError, SecretClosedError, SecureMemoryError
 
 T = TypeVar("T")
@@ -67,7 +67,9 @@ def _wipe_all_at_exit() -> None:
     """
     global _exiting
     _exiting = True
-    for fin in list(_live.values()):
+    with _stats_lock:
+        finalizers = list(_live.values())
+    for fin in finalizers:
         # weakref's own exit hook has already run and made calling a finalizer a no-op, so
         # take the callback back and run it ourselves.
         info = fin.detach()
@@ -126,37 +128,51 @@ class Secret:
 
     # -- access -------------------------------------------------------------------------------
 
-    def _enter(self) -> memoryview:
+    def _enter(self, tid: int) -> memoryview:
+        """Count one access by thread ``tid`` and hand out its view; undone if anything fails."""
         with self._lock:
             if self._state is not _OPEN:
                 raise SecretClosedError("the secret is closed")
+            if self._region.pid != os.getpid():
+                raise SecureMemoryError(
+                    "this secret belongs to the parent process: a forked child sees only zeros "
+                    "or no mapping at all. Create secrets after the fork."
+                )
             if self._count == 0:
                 self._protect(_os.PROT_READ)
             self._count += 1
-            tid = threading.get_ident()
             self._threads[tid] = self._threads.get(tid, 0) + 1
-        return self._region.view()
+            try:
+                return self._region.view()
+            except BaseException:
+                self._leave(tid)
+                raise
 
-    def _exit(self, view: memoryview) -> None:
-        self._region.end_view(view)
-        with self._lock:
-            tid = threading.get_ident()
-            depth = self._threads[tid] - 1
-            if depth:
-                self._threads[tid] = depth
-            else:
-                del self._threads[tid]
-            self._count -= 1
-            if self._count == 0:
-                if not self._region.canary_ok():
-                    self._destroy()
-                    raise CanaryError(
-                        "the canary in front of the secret changed during an access: memory "
-                        "before the data was overwritten; the secret has been wiped and freed"
-                    )
-                self._protect(_os.PROT_NONE)
-                if self._state is _CLOSING:
-                    self._closed_cond.notify_all()
+    def _exit(self, view: memoryview, tid: int) -> None:
+        """End the access ``_enter(tid)`` began, from whichever thread."""
+        try:
+            self._region.end_view(view)
+        finally:
+            with self._lock:
+                self._leave(tid)
+
+    def _leave(self, tid: int) -> None:
+        """Uncount one access of ``tid`` (lock held); the last one re-protects the pages."""
+        self._count -= 1
+        depth = self._threads.pop(tid, 1) - 1
+        if depth > 0:
+            self._threads[tid] = depth
+        if self._count:
+            return
+        if not self._region.canary_ok():
+            self._destroy()
+            raise CanaryError(
+                "the canary in front of the secret changed during an access: memory before "
+                "the data was overwritten; the secret has been wiped and freed"
+            )
+        self._protect(_os.PROT_NONE)
+        if self._state is _CLOSING:
+            self._closed_cond.notify_all()
 
     def _protect(self, prot: int) -> None:
         try:
@@ -171,11 +187,12 @@ class Secret:
         The view is valid only during the call. Concurrent and nested calls are counted: the
         memory is readable while at least one is running, and no-access again when the last ends.
         """
-        view = self._enter()
+        tid = threading.get_ident()
+        view = self._enter(tid)
         try:
             return action(view)
         finally:
-            self._exit(view)
+            self._exit(view, tid)
 
     def access(self) -> _Access:
         """The same as :meth:`with_bytes` as a context manager: ``with s.access() as view:``."""
@@ -266,18 +283,20 @@ class Secret:
 
 
 class _Access:
-    """Context manager of :meth:`Secret.access`."""
+    """Context manager of :meth:`Secret.access`; it may be left from another thread."""
 
-    __slots__ = ("_secret", "_view")
+    __slots__ = ("_secret", "_tid", "_view")
 
     def __init__(self, secret: Secret) -> None:
         self._secret = secret
         self._view: memoryview | None = None
+        self._tid = 0
 
     def __enter__(self) -> memoryview:
         if self._view is not None:
             raise RuntimeError("this access() context is already entered; call access() again")
-        self._view = self._secret._enter()
+        self._tid = threading.get_ident()
+        self._view = self._secret._enter(self._tid)
         return self._view
 
     def __exit__(
@@ -288,7 +307,7 @@ class _Access:
     ) -> None:
         view, self._view = self._view, None
         if view is not None:
-            self._secret._exit(view)
+            self._secret._exit(view, self._tid)
 
 
 class SecretReader(io.RawIOBase):
@@ -367,14 +386,18 @@ def create(
 
 @contextmanager
 def scratch(size: int) -> Iterator[memoryview]:
-    """A writable buffer in locked, undumpable, guarded memory, wiped and freed on exit."""
-    region = Region(size, guarded=True, secretmem=False)
+    """A writable buffer of ``size`` bytes in locked, undumpable, guarded memory, wiped and freed
+    on exit (exceptions included). Raises :class:`CanaryError` on exit, after the wipe, if
+    something wrote in front of the buffer."""
+    region = Region(check_size(size), guarded=True, secretmem=False)
     view = region.view(writable=True)
     try:
         yield view
     finally:
         region.end_view(view)
-        region.free()
+        intact = region.free()
+    if not intact:
+        raise CanaryError("something wrote in front of the scratch buffer; it has been wiped")
 
 
 @dataclass(frozen=True)

@@ -179,9 +179,18 @@ def prove_fork(impl: str) -> Result:
     with _probe.Probe() as p:
         p.send(f"make {impl} {SIZE}")
         a = p.send("fork 0")
+    refused = f"library refused use in the child: {a['refused']}"
     if impl == "secretmem":
-        return _ok(a["signal"] == 11, f"forked child killed by signal {a['signal']}", **a)
-    return _ok(a["zero"] and not a["seen_secret"], f"forked child saw zeros: {a['zero']}", **a)
+        return _ok(
+            a["refused"] and a["signal"] == 11,
+            f"{refused}; raw read killed it by signal {a['signal']}",
+            **a,
+        )
+    return _ok(
+        a["refused"] and a["zero"] and not a["seen_secret"],
+        f"{refused}; raw read saw zeros: {a['zero']}",
+        **a,
+    )
 
 
 def prove_guards(impl: str) -> Result:

@@ -86,10 +86,11 @@ def drop_on_fork(addr: int, length: int) -> None:
 
 
 def secretmem_fd() -> int:
-    """A new ``memfd_secret(0)`` file descriptor."""
+    """A new ``memfd_secret(O_CLOEXEC)`` file descriptor: a program exec'd meanwhile by
+    another thread does not inherit it."""
     if _SYS_MEMFD_SECRET is None:
         raise os_error("memfd_secret (no syscall number for this architecture)")
-    fd = int(_syscall(_SYS_MEMFD_SECRET, ctypes.c_uint(0)))
+    fd = int(_syscall(_SYS_MEMFD_SECRET, ctypes.c_uint(os.O_CLOEXEC)))
     if fd < 0:
         raise os_error("memfd_secret")
     return fd
