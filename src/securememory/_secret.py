@@ -86,8 +86,9 @@ class Secret:
     :meth:`access`, which hand out a read-only ``memoryview`` valid until the access ends; the view
     itself is then released (using it raises ``ValueError``), and a slice or other view derived
     from it points at no-access memory: reading it kills the process with SIGSEGV, never returns
-    the secret (except while another access of the same secret runs: do not keep slices). :meth:`close` wipes and frees the memory; a secret that is garbage collected or
-    still open at interpreter exit is wiped too.
+    the secret (except while another access of the same secret runs: do not keep slices).
+    :meth:`close` wipes and frees the memory; a secret that is garbage collected or still open at
+    interpreter exit is wiped too.
 
     Not guaranteed: what the caller does with the bytes during an access (any ``bytes(view)``
     makes an ordinary, unwiped copy), and anything against root or a debugger attached to the
