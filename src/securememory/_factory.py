@@ -45,7 +45,7 @@ def _source_view(data: object) -> memoryview:
         if not view.readonly:  # still wiped, item by item, as every writable source is
             zero = b"\0" if view.format.lstrip("@=<>!") == "c" else 0
             for index in itertools.product(*(range(n) for n in view.shape or ())):
-                view[index] = zero  # type: ignore[index]
+                view[index] = zero  # type: ignore[assignment]
         view.release()
         raise ValueError("expected a C-contiguous buffer; copy it into a bytearray first")
     flat = view.cast("B")
@@ -179,3 +179,27 @@ class SecretFactory:
             return self.from_fd(fd, size)
         finally:
             os.close(fd)
+
+    def from_prompt(
+        self,
+        prompt: str = "Passphrase: ",
+        *,
+        max_size: int = 1024,
+        tty: int | str | os.PathLike[str] | None = None,
+    ) -> Secret:
+        """Write ``prompt`` to the terminal and read a passphrase with echo off into a new secret.
+
+        ``tty`` is the controlling terminal (``/dev/tty``) by default, else a terminal's file
+        descriptor (left open) or path. The line is read byte by byte (``os.readv``) into locked
+        scratch memory, never into a ``bytes`` or ``str``; the secret holds exactly the bytes
+        typed, without the newline. The terminal is in canonical mode (the kernel does the line
+        editing) with echo off, Enter read as a newline; its settings are restored on every exit,
+        ``KeyboardInterrupt`` included.
+
+        Raises ``ValueError`` for an empty passphrase or one longer than ``max_size`` bytes
+        (the rest of the line is read and wiped too), ``EOFError`` at end of input with nothing
+        typed, ``OSError`` when there is no terminal (use :meth:`from_fd` for pipes and files).
+        """
+        from ._prompt import read_passphrase
+
+        return read_passphrase(self._create, prompt, max_size=max_size, tty=tty)
