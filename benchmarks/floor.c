@@ -1,0 +1,161 @@
+/* The physical floor of the securememory benchmarks: timing loops in C, compiled at run time
+ * (`cc -O2 -shared -fPIC`) and loaded into the benchmark process with ctypes.
+ *
+ * Each floor_* timing function runs a whole batch in C and returns the nanoseconds per operation
+ * (CLOCK_MONOTONIC, the clock of Python's perf_counter_ns), or a negative errno on failure. The
+ * ctypes call around a batch is outside the timed region, and it releases the GIL: so the floor
+ * is measured in the same process and under the same conditions (a busy thread, two threads at
+ * once) as the Python code it is compared with, round by round.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static long page_size(void) { return sysconf(_SC_PAGESIZE); }
+
+/* A thread that is busy without holding Python's GIL: ctypes releases the GIL for this call,
+ * which spins on its CPU until *stop becomes non-zero. */
+void spin_until(volatile int *stop) {
+    while (!__atomic_load_n(stop, __ATOMIC_RELAXED)) {
+    }
+}
+
+/* One locked page, no-access, as a secret's page is between accesses, between two unlocked
+ * no-access guard pages so that its VMA never merges with a neighbour (a merged VMA makes each
+ * mprotect split and re-merge it: see floor_regions_new). NULL on failure. */
+void *floor_page_new(void) {
+    long page = page_size();
+    unsigned char *base = mmap(NULL, 3 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return NULL;
+    unsigned char *p = base + page;
+    if (mprotect(p, page, PROT_READ | PROT_WRITE) != 0 || mlock(p, page) != 0) goto fail;
+    memset(p, 0x5a, page);
+    if (mprotect(p, page, PROT_NONE) != 0) goto fail;
+    return p;
+fail:
+    munmap(base, 3 * page);
+    return NULL;
+}
+
+void floor_page_free(void *p) {
+    long page = page_size();
+    munmap((unsigned char *)p - page, 3 * page);
+}
+
+/* mprotect(PROT_READ) + mprotect(PROT_NONE) of one page, batch times. */
+double floor_mprotect_pairs(void *p, long batch) {
+    long page = page_size();
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) {
+        if (mprotect(p, page, PROT_READ) != 0) return -errno;
+        if (mprotect(p, page, PROT_NONE) != 0) return -errno;
+    }
+    return (double)(now_ns() - t0) / (double)batch;
+}
+
+/* mmap + mlock + munlock + munmap of one page, batch times. */
+double floor_map_lock_cycles(long batch) {
+    long page = page_size();
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) {
+        void *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return -errno;
+        if (mlock(p, page) != 0) return -errno;
+        if (munlock(p, page) != 0) return -errno;
+        if (munmap(p, page) != 0) return -errno;
+    }
+    return (double)(now_ns() - t0) / (double)batch;
+}
+
+/* explicit_bzero of 32 bytes, batch times. */
+double floor_bzero_32(long batch) {
+    unsigned char buf[32];
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) explicit_bzero(buf, sizeof buf);
+    return (double)(now_ns() - t0) / (double)batch;
+}
+
+/* N live regions in one of securememory's layouts, and pages picked among them at random. */
+#define SAMPLE 1024
+
+struct regions {
+    long n;
+    int guarded;
+    unsigned char **pages;
+    unsigned char *picks[SAMPLE];
+};
+
+void floor_regions_free(struct regions *r) {
+    long page = page_size();
+    for (long i = 0; i < r->n; i++)
+        if (r->pages[i]) munmap(r->pages[i] - (r->guarded ? page : 0), (r->guarded ? 3 : 1) * page);
+    free(r->pages);
+    free(r);
+}
+
+/* Made with the system calls securememory makes, in its order (mmap no-access, MADV_DONTDUMP,
+ * MADV_WIPEONFORK, mprotect RW, mlock, write, mprotect none). Adjacent "plain" regions (one
+ * locked page each) then share an anon_vma and merge into one VMA whenever all are no-access,
+ * so each mprotect splits that VMA and the next merges it back. "Guarded" regions (a locked
+ * page between unlocked guard pages) never merge. NULL on failure. */
+struct regions *floor_regions_new(long n, int guarded, uint64_t seed) {
+    long page = page_size(), len = (guarded ? 3 : 1) * page;
+    struct regions *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->n = n;
+    r->guarded = guarded;
+    r->pages = calloc((size_t)n, sizeof *r->pages);
+    if (!r->pages) {
+        free(r);
+        return NULL;
+    }
+    for (long i = 0; i < n; i++) {
+        unsigned char *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) goto fail;
+        unsigned char *p = guarded ? base + page : base;
+        r->pages[i] = p;
+        if (madvise(base, len, MADV_DONTDUMP) != 0 || madvise(base, len, MADV_WIPEONFORK) != 0 ||
+            mprotect(p, page, PROT_READ | PROT_WRITE) != 0 || mlock(p, page) != 0)
+            goto fail;
+        memset(p, 0x5a, page);
+        if (mprotect(p, page, PROT_NONE) != 0) goto fail;
+    }
+    uint64_t x = seed | 1; /* xorshift64 */
+    for (int i = 0; i < SAMPLE; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r->picks[i] = r->pages[x % (uint64_t)n];
+    }
+    return r;
+fail:
+    floor_regions_free(r);
+    return NULL;
+}
+
+/* The mprotect pair on pages picked at random among the regions, batch times. */
+double floor_mprotect_among(struct regions *r, long batch) {
+    long page = page_size();
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) {
+        unsigned char *p = r->picks[i % SAMPLE];
+        if (mprotect(p, page, PROT_READ) != 0) return -errno;
+        if (mprotect(p, page, PROT_NONE) != 0) return -errno;
+    }
+    return (double)(now_ns() - t0) / (double)batch;
+}

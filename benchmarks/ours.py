@@ -1,0 +1,63 @@
+"""The operations of securememory that the suite times, one factory per implementation."""
+
+from __future__ import annotations
+
+import securememory
+from securememory import guarded, protectedmemory, secretmem
+
+from .peers import SECRET
+from .timing import Op
+
+IMPLEMENTATIONS = ("protected", "guarded", "secretmem")
+
+
+def unavailable(impl: str) -> str | None:
+    """Why ``impl`` cannot run on this host, or ``None``."""
+    if impl == "secretmem":
+        avail = secretmem.available()
+        if not avail:
+            return f"secretmem unavailable: {avail.reason}"
+    return None
+
+
+def factory_for(impl: str) -> securememory.SecretFactory:
+    """The factory of one implementation by its ``implementation`` name."""
+    cls = {
+        "protected": protectedmemory.SecretFactory,
+        "guarded": guarded.SecretFactory,
+        "secretmem": secretmem.SecretFactory,
+    }[impl]
+    return cls()
+
+
+def access(secret: securememory.Secret) -> Op:
+    """One access cycle as the issue states it: ``s.with_bytes(lambda v: v[0])``."""
+
+    def op() -> int:
+        return secret.with_bytes(lambda v: v[0])
+
+    return op
+
+
+def access_cm(secret: securememory.Secret) -> Op:
+    """One access cycle through the context manager: ``with s.access() as v: v[0]``."""
+
+    def op() -> int:
+        with secret.access() as v:
+            return v[0]
+
+    return op
+
+
+def create_close_new(factory: securememory.SecretFactory) -> Op:
+    def op() -> None:
+        factory.new(SECRET).close()
+
+    return op
+
+
+def create_close_random(factory: securememory.SecretFactory) -> Op:
+    def op() -> None:
+        factory.create_random(32).close()
+
+    return op
