@@ -190,3 +190,19 @@ def test_secretmem_counts_in_vmlck() -> None:
     with factory_for("secretmem").create_random(32) as s:
         assert _inspect.status_field("self", "VmLck") - before == s._region.inner_len
     assert _inspect.status_field("self", "VmLck") == before
+
+
+def test_each_secret_is_its_own_vma(factory: securememory.SecretFactory) -> None:
+    """Adjacent secrets never merge into one kernel VMA (an access would then split and re-merge
+    it, and cost more the more secrets live): each secret's data pages are exactly one smaps
+    entry, idle and during an access of its neighbour."""
+    secrets = [factory.create_random(32) for _ in range(16)]
+    try:
+        with secrets[7].access():
+            for s in secrets:
+                r = s._region
+                (m,) = _smaps(s)
+                assert (m.start, m.end) == (r.inner, r.inner + r.inner_len)
+    finally:
+        for s in secrets:
+            s.close()

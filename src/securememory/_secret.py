@@ -134,7 +134,7 @@ class Secret:
         with self._lock:
             if self._state is not _OPEN:
                 raise SecretClosedError("the secret is closed")
-            if self._region.pid != os.getpid():
+            if self._region.in_forked_child():
                 raise SecureMemoryError(
                     "this secret belongs to the parent process: a forked child sees only zeros "
                     "or no mapping at all. Create secrets after the fork."

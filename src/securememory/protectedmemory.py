@@ -1,7 +1,9 @@
 """The seed's *protected memory* implementation: per secret, whole pages of private anonymous
 memory, locked (``mlock``), left out of core dumps (``MADV_DONTDUMP``), zeroed in forked children
 (``MADV_WIPEONFORK``), no-access except during an access, wiped before unlock and unmap.
-No guard pages and no canary: reads past the end of the data land in the rest of its last page.
+No canary and no leading guard page: reads past the end of the data land in the rest of its last
+page. One unlocked no-access page follows the data pages, only so that neighbouring secrets never
+merge into one kernel VMA (each access would then split and re-merge it).
 """
 
 from __future__ import annotations

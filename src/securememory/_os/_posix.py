@@ -47,7 +47,6 @@ _mprotect = bind("mprotect", _INT, _VP, _SZ, _INT)
 _mlock = bind("mlock", _INT, _VP, _SZ)
 _munlock = bind("munlock", _INT, _VP, _SZ)
 madvise = bind("madvise", _INT, _VP, _SZ, _INT)
-_memcmp = bind("memcmp", _INT, _VP, ctypes.c_char_p, _SZ)
 
 
 def os_error(what: str) -> SecureMemoryError:
@@ -90,6 +89,18 @@ def protector(addr: int, length: int) -> Callable[[int], int]:
     :func:`protect`. Raise with :func:`os_error` on -1.
     """
     return functools.partial(_mprotect_fast, ctypes.c_void_p(addr), ctypes.c_size_t(length))
+
+
+_memcmp_fast = _libc_gil.memcmp
+_memcmp_fast.restype = _INT
+
+
+def comparer(addr: int, expected: bytes, length: int) -> Callable[[], int]:
+    """A fast ``memcmp`` of ``length`` bytes at ``addr`` against ``expected`` (kept alive by the
+    returned callable): 0 means equal. Same calling convention as :func:`protector`."""
+    return functools.partial(
+        _memcmp_fast, ctypes.c_void_p(addr), ctypes.c_char_p(expected), ctypes.c_size_t(length)
+    )
 
 
 def protect(addr: int, length: int, prot: int) -> None:
@@ -165,11 +176,6 @@ def view(exp: object, writable: bool) -> memoryview:
     ro = v.toreadonly()
     v.release()
     return ro
-
-
-def equal(addr: int, expected: bytes, length: int) -> bool:
-    """Whether ``length`` bytes at ``addr`` equal the start of ``expected`` (one ``memcmp``)."""
-    return _memcmp(addr, expected, length) == 0
 
 
 def address_of(buf: memoryview) -> int:
