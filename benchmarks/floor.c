@@ -111,8 +111,9 @@ void floor_regions_free(struct regions *r) {
 /* Made with the system calls securememory makes, in its order (mmap no-access, MADV_DONTDUMP,
  * MADV_WIPEONFORK, mprotect RW, mlock, write, mprotect none). Adjacent "plain" regions (one
  * locked page each) then share an anon_vma and merge into one VMA whenever all are no-access,
- * so each mprotect splits that VMA and the next merges it back. "Guarded" regions (a locked
- * page between unlocked guard pages) never merge. NULL on failure. */
+ * so each mprotect splits that VMA and the next merges it back (which is why the library's
+ * protected layout keeps an unlocked page after its data). "Guarded" regions (a locked page
+ * between unlocked guard pages) never merge. NULL on failure. */
 struct regions *floor_regions_new(long n, int guarded, uint64_t seed) {
     long page = page_size(), len = (guarded ? 3 : 1) * page;
     struct regions *r = calloc(1, sizeof *r);
