@@ -27,6 +27,14 @@ MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 MAP_FAILED = (1 << (8 * ctypes.sizeof(ctypes.c_void_p))) - 1
 
 
+def bind(lib: ctypes.CDLL, name: str, restype: object, *argtypes: object) -> Callable[..., Any]:
+    """``lib.name`` with its C signature set (shared by the floor and the peers)."""
+    fn = getattr(lib, name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class NativeBuild:
     """The compiled floor library, or ``None`` and the reason when there is no working compiler."""
@@ -78,24 +86,15 @@ class CFloor:
         lib = ctypes.CDLL(str(lib_path))
         vp, lng, dbl = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
         self.lib_path = lib_path
-        self._page_new = self._bind(lib, "floor_page_new", vp)
-        self._page_free = self._bind(lib, "floor_page_free", None, vp)
-        self._pairs = self._bind(lib, "floor_mprotect_pairs", dbl, vp, lng)
-        self._maps = self._bind(lib, "floor_map_lock_cycles", dbl, lng)
-        self._bzero = self._bind(lib, "floor_bzero_32", dbl, lng)
-        self._regions_new = self._bind(lib, "floor_regions_new", vp, lng, ctypes.c_int, vp)
-        self._regions_free = self._bind(lib, "floor_regions_free", None, vp)
-        self._among = self._bind(lib, "floor_mprotect_among", dbl, vp, lng)
-        self.spin_until = self._bind(lib, "spin_until", None, ctypes.POINTER(ctypes.c_int))
-
-    @staticmethod
-    def _bind(
-        lib: ctypes.CDLL, name: str, restype: object, *argtypes: object
-    ) -> Callable[..., Any]:
-        fn = getattr(lib, name)
-        fn.restype = restype
-        fn.argtypes = argtypes
-        return fn  # type: ignore[no-any-return]
+        self._page_new = bind(lib, "floor_page_new", vp)
+        self._page_free = bind(lib, "floor_page_free", None, vp)
+        self._pairs = bind(lib, "floor_mprotect_pairs", dbl, vp, lng)
+        self._maps = bind(lib, "floor_map_lock_cycles", dbl, lng)
+        self._bzero = bind(lib, "floor_bzero_32", dbl, lng)
+        self._regions_new = bind(lib, "floor_regions_new", vp, lng, ctypes.c_int, vp)
+        self._regions_free = bind(lib, "floor_regions_free", None, vp)
+        self._among = bind(lib, "floor_mprotect_among", dbl, vp, lng)
+        self.spin_until = bind(lib, "spin_until", None, ctypes.POINTER(ctypes.c_int))
 
     def page_new(self) -> int:
         p: int | None = self._page_new()
@@ -240,12 +239,12 @@ class Libc:
     def __init__(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         vp, sz, i = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
-        self.mmap = self._bind(libc, "mmap", vp, vp, sz, i, i, i, ctypes.c_long)
-        self.munmap = self._bind(libc, "munmap", i, vp, sz)
-        self.mprotect = self._bind(libc, "mprotect", i, vp, sz, i)
-        self.mlock = self._bind(libc, "mlock", i, vp, sz)
-        self.munlock = self._bind(libc, "munlock", i, vp, sz)
-        self.explicit_bzero = self._bind(libc, "explicit_bzero", None, vp, sz)
+        self.mmap = bind(libc, "mmap", vp, vp, sz, i, i, i, ctypes.c_long)
+        self.munmap = bind(libc, "munmap", i, vp, sz)
+        self.mprotect = bind(libc, "mprotect", i, vp, sz, i)
+        self.mlock = bind(libc, "mlock", i, vp, sz)
+        self.munlock = bind(libc, "munlock", i, vp, sz)
+        self.explicit_bzero = bind(libc, "explicit_bzero", None, vp, sz)
 
     @staticmethod
     def _bind(

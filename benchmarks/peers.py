@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Any, Callable
+from typing import Callable
 
+from .native import bind
 from .timing import Op
 
 SECRET = bytes(range(32))
@@ -22,20 +23,11 @@ class Sodium:
     def __init__(self, lib: ctypes.CDLL, path: str) -> None:
         self.path = path
         vp, i, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
-        self.malloc: Callable[[int], int | None] = self._bind(lib, "sodium_malloc", vp, sz)
-        self.free: Callable[[int], None] = self._bind(lib, "sodium_free", None, vp)
-        self.readonly: Callable[[int], int] = self._bind(lib, "sodium_mprotect_readonly", i, vp)
-        self.noaccess: Callable[[int], int] = self._bind(lib, "sodium_mprotect_noaccess", i, vp)
-        self.version: str = self._bind(lib, "sodium_version_string", ctypes.c_char_p)().decode()
-
-    @staticmethod
-    def _bind(
-        lib: ctypes.CDLL, name: str, restype: object, *argtypes: object
-    ) -> Callable[..., Any]:
-        fn = getattr(lib, name)
-        fn.restype = restype
-        fn.argtypes = argtypes
-        return fn  # type: ignore[no-any-return]
+        self.malloc: Callable[[int], int | None] = bind(lib, "sodium_malloc", vp, sz)
+        self.free: Callable[[int], None] = bind(lib, "sodium_free", None, vp)
+        self.readonly: Callable[[int], int] = bind(lib, "sodium_mprotect_readonly", i, vp)
+        self.noaccess: Callable[[int], int] = bind(lib, "sodium_mprotect_noaccess", i, vp)
+        self.version: str = bind(lib, "sodium_version_string", ctypes.c_char_p)().decode()
 
     @classmethod
     def load(cls) -> Sodium | str:
