@@ -444,8 +444,11 @@ def test_prompt_refuses_what_is_not_a_terminal(factory: securememory.SecretFacto
 # ---------------------------------------------------------------------------------------------
 
 _CHILD = r"""
-import json, os, sys, termios
+import json, os, signal, sys, termios
 from securememory import SecretFactory, stats
+# a parent started in the background by a non-interactive shell ignores SIGINT, and the child
+# would inherit that: ^C must raise KeyboardInterrupt here whatever runs the tests
+signal.signal(signal.SIGINT, signal.default_int_handler)
 report, prompt = int(sys.argv[1]), sys.argv[2]
 result = {}
 try:
