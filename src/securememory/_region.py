@@ -103,7 +103,6 @@ class Region:
         "base",
         "canary_len",
         "data",
-        "guarded",
         "inner",
         "inner_len",
         "locked",
@@ -118,8 +117,7 @@ class Region:
             raise UnsupportedPlatformError(_os.UNSUPPORTED)
         page = _os.PAGE_SIZE
         self.size = size
-        self.pid = os.getpid()
-        self.guarded = guarded
+        self.pid = _pid
         self.secretmem = secretmem
         self.inner_len = _round_up(size + MIN_CANARY if guarded else size)
         # guarded: a guard page on each side. plain: one unlocked no-access page after the data,
@@ -132,6 +130,7 @@ class Region:
         self.inner = self.base + (page if guarded else 0)
         self.data = self.inner + (self.inner_len - size if guarded else 0)
         self.canary_len = self.data - self.inner
+        self._mprotect = _os.protector(self.inner, self.inner_len)
         try:
             if secretmem:
                 _os.map_secretmem(self.inner, self.inner_len)
@@ -140,14 +139,13 @@ class Region:
                 if _os.CAN_EXCLUDE_FROM_DUMPS:
                     _os.exclude_from_dumps(self.base, self.mapped)
                 _os.wipe_on_fork(self.base, self.mapped)
-            _os.protect(self.inner, self.inner_len, _os.PROT_RW)
+            self.protect(_os.PROT_RW)
             if not secretmem:
                 # mlock while writable: it faults every page in, so Locked: shows them at once.
                 _os.lock(self.inner, self.inner_len, _os.memlock_budget)
         except BaseException:
             _os.unmap(self.base, self.mapped)
             raise
-        self._mprotect = _os.protector(self.inner, self.inner_len)
         self._canary_cmp = (
             _os.comparer(self.inner, _CANARY, self.canary_len) if self.canary_len else None
         )
@@ -200,7 +198,7 @@ class Region:
         If the pages cannot be made writable (``mprotect`` failing, say for lack of memory), they
         are released unwiped and the error is raised: the kernel zeroes them before any reuse.
         """
-        if os.getpid() != self.pid:
+        if self.in_forked_child():
             with contextlib.suppress(SecureMemoryError):
                 _os.unmap(self.base, self.mapped)
             _count(-self.mapped, -self.locked)

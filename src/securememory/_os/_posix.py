@@ -43,7 +43,6 @@ def bind(name: str, restype: object, *argtypes: object) -> Callable[..., int]:
 _VP, _SZ, _INT = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
 _mmap = bind("mmap", _VP, _VP, _SZ, _INT, _INT, _INT, ctypes.c_long)
 _munmap = bind("munmap", _INT, _VP, _SZ)
-_mprotect = bind("mprotect", _INT, _VP, _SZ, _INT)
 _mlock = bind("mlock", _INT, _VP, _SZ)
 _munlock = bind("munlock", _INT, _VP, _SZ)
 madvise = bind("madvise", _INT, _VP, _SZ, _INT)
@@ -85,8 +84,7 @@ def protector(addr: int, length: int) -> Callable[[int], int]:
     """A fast ``mprotect`` of one fixed range: ``f(prot)`` returns 0, or -1 with errno set.
 
     Its pointer and length are converted to C once, and the call keeps the GIL (releasing and
-    taking it back would cost more than the system call): about 0.4 us less per call than
-    :func:`protect`. Raise with :func:`os_error` on -1.
+    taking it back would cost more than the system call). Raise with :func:`os_error` on -1.
     """
     return functools.partial(_mprotect_fast, ctypes.c_void_p(addr), ctypes.c_size_t(length))
 
@@ -101,12 +99,6 @@ def comparer(addr: int, expected: bytes, length: int) -> Callable[[], int]:
     return functools.partial(
         _memcmp_fast, ctypes.c_void_p(addr), ctypes.c_char_p(expected), ctypes.c_size_t(length)
     )
-
-
-def protect(addr: int, length: int, prot: int) -> None:
-    """``mprotect`` to ``PROT_NONE``, ``PROT_READ`` or ``PROT_RW``."""
-    if _mprotect(addr, length, prot) != 0:
-        raise os_error(f"mprotect({prot})")
 
 
 class MemlockBudget(NamedTuple):
