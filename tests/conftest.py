@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
 
 import securememory
 from securememory import secretmem
+from securememory._probe import factory_for
 
 IMPLEMENTATIONS = ("protected", "guarded", "secretmem")
-
-
-def factory_for(impl: str) -> securememory.SecretFactory:
-    """The factory of one implementation by its ``implementation`` name."""
-    module = {"protected": "protectedmemory"}.get(impl, impl)
-    cls = importlib.import_module(f"securememory.{module}").SecretFactory
-    return cls()  # type: ignore[no-any-return]
 
 
 def skip_unless_available(impl: str) -> None:

@@ -27,6 +27,7 @@ from securememory import (
     UnsupportedPlatformError,
     _inspect,
     _os,
+    _probe,
     secretmem,
 )
 
@@ -359,7 +360,7 @@ def test_exit_wipes_live_secrets() -> None:
 def test_forked_child_exits_cleanly(factory: securememory.SecretFactory) -> None:
     """A forked child that exits normally runs the exit wipe on its copy without an error."""
     code = (
-        "import os, sys, securememory.{module} as m\n"
+        "import os, sys, {module} as m\n"
         "s = m.SecretFactory().create_random(32)\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"
@@ -367,7 +368,7 @@ def test_forked_child_exits_cleanly(factory: securememory.SecretFactory) -> None
         "_, status = os.waitpid(pid, 0)\n"
         "print(os.waitstatus_to_exitcode(status))\n"
     )
-    module = {"protected": "protectedmemory"}.get(factory.implementation, factory.implementation)
+    module = _probe.module_for(factory.implementation)
     out = subprocess.run(
         [sys.executable, "-c", code.format(module=module)], capture_output=True, text=True
     )

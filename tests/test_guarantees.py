@@ -13,10 +13,11 @@ import os
 import threading
 
 import pytest
-from conftest import factory_for, require, skip_unless_available
+from conftest import require, skip_unless_available
 
 import securememory
 from securememory import _inspect, _probe, check
+from securememory._probe import factory_for
 
 
 def _smaps(s: securememory.Secret) -> list[_inspect.Mapping]:

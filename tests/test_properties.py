@@ -10,12 +10,13 @@ import io
 from typing import Any, Callable
 
 import pytest
-from conftest import IMPLEMENTATIONS, factory_for, skip_unless_available
+from conftest import IMPLEMENTATIONS, skip_unless_available
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import securememory
 from securememory import SecretClosedError
+from securememory._probe import factory_for
 from securememory._region import MAX_SIZE
 
 settings.register_profile(

@@ -41,13 +41,20 @@ import warnings
 from typing import IO, Any
 
 from . import _os
+from ._factory import SecretFactory
 from ._secret import Secret, stats
 from .errors import MemoryLockError, SecureMemoryError
 
 
-def _factory(impl: str) -> Any:
-    module = {"protected": "protectedmemory"}.get(impl, impl)
-    return importlib.import_module(f"securememory.{module}").SecretFactory()
+def module_for(impl: str) -> str:
+    """The module of an implementation named by its ``implementation`` string."""
+    return "securememory." + {"protected": "protectedmemory"}.get(impl, impl)
+
+
+def factory_for(impl: str) -> SecretFactory:
+    """A factory of the implementation named ``impl`` (``protected``, ``guarded``...)."""
+    factory: SecretFactory = importlib.import_module(module_for(impl)).SecretFactory()
+    return factory
 
 
 class _Child:
@@ -82,14 +89,14 @@ class _Child:
         getattr(self, "do_" + cmd)(*args)
 
     def do_make(self, impl: str, size: str) -> None:
-        self.add(_factory(impl).create_random(int(size)))
+        self.add(factory_for(impl).create_random(int(size)))
 
     def do_new(self, impl: str, size: str) -> None:
         buf = bytearray(int(size))
         got = 0
         while got < len(buf):
             got += os.readv(0, [memoryview(buf)[got:]])
-        self.add(_factory(impl).new(buf))
+        self.add(factory_for(impl).new(buf))
 
     def do_control(self, key: str) -> None:
         self.controls.append(self.secrets[int(key)].with_bytes(bytearray))
@@ -212,7 +219,7 @@ class _Child:
         With ``kernel``, the library's budget pre-check is blinded, so that the refusal comes
         from the kernel (``mlock`` ENOMEM, or secretmem's ``mmap`` EAGAIN).
         """
-        factory, made = _factory(impl), []
+        factory, made = factory_for(impl), []
         real_budget = _os.memlock_budget
         if check == "kernel":
             _os.memlock_budget = lambda: real_budget()._replace(exempt=True)

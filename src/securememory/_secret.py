@@ -70,8 +70,6 @@ def _wipe_all_at_exit() -> None:
     with _stats_lock:
         finalizers = list(_live.values())
     for fin in finalizers:
-        # weakref's own exit hook has already run and made calling a finalizer a no-op, so
-        # take the callback back and run it ourselves.
         info = fin.detach()
         if info is not None:
             secret = info[0]
