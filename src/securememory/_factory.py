@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from typing import Any, Callable, ClassVar
 
-from . import _region
+from . import _ingress, _region
 from ._secret import Secret, create
 from .errors import UnsupportedPlatformError
 
@@ -25,32 +24,6 @@ def _disable_core_dumps_once() -> None:
         if not _core_dumps_disabled:
             _region.disable_core_dumps()
             _core_dumps_disabled = True
-
-
-def _source_view(data: object) -> memoryview:
-    """A flat byte view of any C-contiguous bytes-like object, or a ``TypeError``/``ValueError``."""
-    if isinstance(data, str):
-        raise TypeError(
-            "expected a bytes-like object, got str: a str cannot be wiped. Read the secret into a "
-            "bytearray (or use from_fd/from_prompt) so the library can wipe the source"
-        )
-    try:
-        view = memoryview(data)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            "expected a bytes-like object (bytes, bytearray, memoryview, array, mmap...), "
-            f"got {type(data).__name__}"
-        ) from None
-    if not view.c_contiguous:
-        if not view.readonly:  # still wiped, item by item, as every writable source is
-            zero = b"\0" if view.format.lstrip("@=<>!") == "c" else 0
-            for index in itertools.product(*(range(n) for n in view.shape or ())):
-                view[index] = zero  # type: ignore[assignment]
-        view.release()
-        raise ValueError("expected a C-contiguous buffer; copy it into a bytearray first")
-    flat = view.cast("B")
-    view.release()
-    return flat
 
 
 class SecretFactory:
@@ -101,7 +74,7 @@ class SecretFactory:
         the copy, also when creation fails. A ``bytes`` source cannot be wiped: it stays wherever
         it came from, so prefer a bytearray or the ``from_*`` methods.
         """
-        src = _source_view(data)
+        src = _ingress.source_view(data)
         try:
             if src.nbytes == 0:
                 raise ValueError("cannot make a secret of 0 bytes")
@@ -129,13 +102,7 @@ class SecretFactory:
             raise TypeError(f"fd must be an int, not {type(fd).__name__}")
         n = _region.check_size(size)
 
-        def fill(view: memoryview) -> None:
-            got = 0
-            while got < n:
-                k = os.readv(fd, [view[got:]])
-                if k == 0:
-                    raise ValueError(f"expected {n} bytes from fd {fd}, got {got} before EOF")
-                got += k
+        fill = _ingress.fd_filler(fd, n)
 
         return self._create(n, fill)
 
@@ -153,17 +120,7 @@ class SecretFactory:
             )
         n = _region.check_size(size)
 
-        def fill(view: memoryview) -> None:
-            got = 0
-            while got < n:
-                k = readinto(view[got:])
-                if k is None:
-                    raise ValueError(
-                        "the stream is non-blocking and had no data; use a blocking one"
-                    )
-                if k == 0:
-                    raise ValueError(f"expected {n} bytes from the stream, got {got} before EOF")
-                got += k
+        fill = _ingress.stream_filler(readinto, n)
 
         return self._create(n, fill)
 

@@ -1,0 +1,101 @@
+"""Cryptography with keys that stay in secure memory (optional extra: ``securememory[crypto]``).
+
+Built on `cryptography <https://cryptography.io>`_ (47 or later: it needs ``encrypt_into``,
+``decrypt_into`` and ``derive_into``), using only :meth:`Secret.access` and the factories::
+
+    from securememory import SecretFactory
+    from securememory.crypto import AEAD, argon2id
+
+    factory = SecretFactory()
+    with factory.from_prompt("Passphrase: ") as pw, argon2id(pw, salt) as key:
+        box = AEAD(key, "chacha20-poly1305")
+        ciphertext = box.encrypt(nonce, b"data", b"header")
+
+Every function that takes key material takes a :class:`~securememory.Secret` and refuses
+``bytes``, ``bytearray`` and the like with a ``TypeError``: a key held in an ordinary Python
+object is already on the heap, where it cannot be locked or wiped. Outputs that are keys
+(:meth:`AEAD.decrypt_to_secret`, :func:`hkdf`, :func:`argon2id`) are written by ``cryptography``
+straight into a new secret's pages (``decrypt_into``/``derive_into`` on the writable view a factory
+hands out while it makes the secret); they never exist as ``bytes``.
+
+Where the key goes inside ``cryptography`` and OpenSSL, and what this module does about it:
+
+- ``AESGCM`` and ``ChaCha20Poly1305`` (OpenSSL 3.2+, which every ``cryptography`` wheel bundles)
+  copy the key at construction into two ``EVP_CIPHER_CTX`` (one to encrypt, one to decrypt): the
+  AES key schedule, whose first two round keys *are* the AES-256 key, or the ChaCha20 state,
+  which holds the key words as they are. Each call copies that context once more
+  (``EVP_CIPHER_CTX_copy``) and frees the copy before it returns; the object also keeps a Python
+  reference to the key's view (not a buffer export). This module builds the cipher object inside
+  one access of the key and drops it before the access ends (and clears the frames of a traceback
+  that would keep it, on ``InvalidTag`` say), so the OpenSSL copies live for one call.
+  ``EVP_CIPHER_CTX_free`` runs the provider's ``freectx``, which for AES-GCM and
+  ChaCha20-Poly1305 frees the context with ``OPENSSL_clear_free`` (a cleanse, then free): the
+  copies are wiped when the object goes.
+- **Registers.** AES-GCM (AES-NI, VAES/AVX-512) leaves round keys of the key in vector registers
+  after a call, and nothing in OpenSSL clears them. They stay there until other code happens to
+  overwrite them; meanwhile a core dump or ``gcore`` writes them into its register notes, and a
+  signal or the dynamic linker's lazy binding (``_dl_runtime_resolve_xsavec``) saves them onto
+  the thread's stack, where they stay after it returns. The tests saw the whole AES-256 key
+  schedule that way with plain ``cryptography``. So after every AEAD call this module runs the
+  same operation (same direction, same length, capped) under an all-zero key: the same code
+  uses the same registers and overwrites them with harmless values.
+- ``HMAC`` keys go into an OpenSSL HMAC context (the inner and outer pad states), freed with a
+  cleanse; ``HKDF`` is computed with it.
+- ``Argon2id``: rust-openssl hands the passphrase to OpenSSL in an ``OSSL_PARAM`` block
+  (``OSSL_PARAM_BLD_to_param``) that holds a copy of it and is freed with ``OPENSSL_free``, not
+  cleansed: the passphrase stayed in freed ``malloc`` memory. After every derivation this module
+  runs a second, cheapest one with a zero passphrase of the same length and the same parameter
+  layout: ``malloc`` hands it the block just freed (glibc's per-thread cache is last in, first
+  out) and the copy is overwritten. OpenSSL's own copy of the passphrase and Argon2's memory
+  blocks are freed with a cleanse.
+
+The scrubs are best effort, not something this module can observe; the tests check them from
+outside (``tests/test_heap_proof.py``): after 10,000 mixed operations, a passphrase prompt, an
+Argon2id derivation and a key unwrap, a scan of the whole process memory, a ``gcore`` dump and a
+kernel core (registers included) find each key, derived key, unwrapped key and passphrase (whole,
+in 16-byte halves, and the key's AES round keys) only inside its own secret's pages, and nowhere
+once the secrets are closed; the same workload with ``bytes`` keys leaves them on the heap, in the
+registers and on the stack.
+
+Not guaranteed: the copies above exist while a call runs (an attacker who can read the process's
+memory at that instant sees them); the scrubs depend on the code paths and allocator behaviour of
+the ``cryptography``/OpenSSL/glibc versions the tests ran with (another build may leave something
+elsewhere: run the tests there); the plaintext of :meth:`AEAD.decrypt` and the data you pass in
+are ordinary ``bytes``; tags from :func:`hmac` are not secret. A failed tag check raises
+``cryptography``'s own :class:`~cryptography.exceptions.InvalidTag`, re-exported here as
+:class:`InvalidTag`.
+"""
+
+from __future__ import annotations
+
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+except ImportError as _e:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "securememory.crypto needs the 'cryptography' package (47 or later): "
+        "pip install securememory[crypto]"
+    ) from _e
+
+if not (hasattr(AESGCM, "decrypt_into") and hasattr(HKDF, "derive_into")):  # pragma: no cover
+    import cryptography as _cryptography
+
+    raise ImportError(
+        f"securememory.crypto needs cryptography 47 or later (for decrypt_into and "
+        f"derive_into); {_cryptography.__version__} is installed: "
+        "pip install -U 'securememory[crypto]'"
+    )
+
+from ._aead import AEAD
+from ._kdf import argon2id, hkdf
+from ._mac import constant_time_equal, hmac
+
+__all__ = [
+    "AEAD",
+    "InvalidTag",
+    "argon2id",
+    "constant_time_equal",
+    "hkdf",
+    "hmac",
+]

@@ -1,0 +1,68 @@
+"""What every part of :mod:`securememory.crypto` shares: the default factory, argument checks,
+the hash names."""
+
+from __future__ import annotations
+
+import threading
+from typing import TypeVar, Union
+
+from cryptography.hazmat.primitives import hashes
+
+from .._factory import SecretFactory
+from .._secret import Secret
+
+Buffer = Union[bytes, bytearray, memoryview]
+T = TypeVar("T")
+
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+    "sha3-256": hashes.SHA3_256,
+    "sha3-384": hashes.SHA3_384,
+    "sha3-512": hashes.SHA3_512,
+}
+
+_default_lock = threading.Lock()
+_default: SecretFactory | None = None
+
+
+def default_factory(factory: SecretFactory | None) -> SecretFactory:
+    """``factory``, or the process's default ``SecretFactory()`` (made once)."""
+    global _default
+    if factory is not None:
+        if not isinstance(factory, SecretFactory):
+            raise TypeError(f"factory must be a SecretFactory, not {type(factory).__name__}")
+        return factory
+    with _default_lock:
+        if _default is None:
+            _default = SecretFactory()
+        return _default
+
+
+def require_secret(obj: object, what: str) -> Secret:
+    if isinstance(obj, Secret):
+        return obj
+    kind = type(obj).__name__
+    raise TypeError(
+        f"{what} must be a securememory.Secret, not {kind}: a key in a {kind} is an ordinary "
+        "heap object that cannot be locked or wiped, and copies of it stay in memory after it "
+        "is gone. Make the key with a SecretFactory (create_random, from_file, from_fd, "
+        "from_prompt, or new() from a bytearray, which wipes the bytearray)"
+    )
+
+
+def hash_algorithm(algorithm: str) -> hashes.HashAlgorithm:
+    try:
+        return _HASHES[algorithm]()
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown hash algorithm {algorithm!r}; expected one of {', '.join(_HASHES)}"
+        ) from None
+
+
+def nbytes(data: object) -> int:
+    if isinstance(data, str):
+        raise TypeError("expected a bytes-like object, not str")
+    with memoryview(data) as view:  # type: ignore[arg-type]
+        return view.nbytes
