@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import copy
-import ctypes
 import errno
 import gc
 import io
@@ -15,9 +14,9 @@ import subprocess
 import sys
 import threading
 import warnings
-from typing import Any, Callable
 
 import pytest
+from conftest import Syscalls
 
 import securememory
 from securememory import (
@@ -26,10 +25,10 @@ from securememory import (
     SecureMemoryError,
     UnsupportedPlatformError,
     _inspect,
-    _os,
-    _probe,
+    _region,
     secretmem,
 )
+from securememory._region import Backing
 
 
 def _leak_counters() -> tuple[int, int, int]:
@@ -72,32 +71,26 @@ def test_new_multibyte_format(factory: securememory.SecretFactory) -> None:
 
 
 def test_source_wiped_when_creation_fails(
-    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+    factory: securememory.SecretFactory, syscalls: Syscalls
 ) -> None:
-    """mlock refused (injected) -> MemoryLockError, source wiped, nothing mapped or counted."""
-    target = "map_secretmem" if factory.implementation == "secretmem" else "lock"
-    budget = _os.memlock_budget()
-
-    def refuse(*args: object) -> None:
-        raise _os.memlock_error(4096, budget, 12)
-
+    """The kernel refuses the lock (EAGAIN: mlock, or the secretmem mmap that charges it) ->
+    MemoryLockError, source wiped, nothing mapped or counted."""
+    if factory.spec.backing is Backing.SECRETMEM:
+        syscalls.fail("mmap", errno.EAGAIN, skip=1)  # the second mmap maps the secretmem file
+    else:
+        syscalls.fail("mlock", errno.EAGAIN)
+    calls = syscalls.record()
     before = _leak_counters()
-    mapped: list[int] = []
-    real_map = _os.map_memory
-
-    def spy_map(length: int, **kw: int) -> int:
-        mapped.append(real_map(length, **kw))
-        return mapped[-1]
-
-    monkeypatch.setattr(_os, "map_memory", spy_map)
-    monkeypatch.setattr(_os, target, refuse)
     src = bytearray(b"k" * 32)
     with pytest.raises(MemoryLockError, match="RLIMIT_MEMLOCK"):
         factory.new(src)
+    syscalls.stop()
     assert src == bytes(32)
     assert _leak_counters() == before
-    assert mapped  # the region was mapped before the refusal ...
-    assert not [m for m in _inspect.maps() if m.start <= mapped[0] < m.end]  # ... and unmapped
+    (first, *_) = [c for c in calls if c[0] == "mmap"]  # the region was mapped ...
+    (unmap,) = [c for c in calls if c[0] == "munmap"]  # ... and all of it unmapped
+    assert unmap[2] == first[2]
+    assert not [m for m in _inspect.maps() if m.start <= unmap[1] < m.end]
 
 
 def test_empty_source_value_error(factory: securememory.SecretFactory) -> None:
@@ -289,7 +282,9 @@ def test_secretmem_availability_is_explained() -> None:
 
 
 def test_secretmem_unavailable_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_os, "secretmem_unavailable", lambda: "kernel too old (injected)")
+    import securememory._implementations as table
+
+    monkeypatch.setattr(table, "secretmem_unavailable", lambda: "kernel too old (injected)")
     assert not secretmem.available()
     with pytest.raises(UnsupportedPlatformError, match="kernel too old"):
         secretmem.SecretFactory()
@@ -297,25 +292,12 @@ def test_secretmem_unavailable_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_mprotect_failure_fails_closed(
-    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+    factory: securememory.SecretFactory, syscalls: Syscalls
 ) -> None:
     """If the region cannot be made readable, the secret is wiped, freed and closed."""
     before = _leak_counters()
-    real = _os.protector
-
-    def failing_protector(addr: int, length: int) -> Callable[[int], int]:
-        protect = real(addr, length)
-
-        def fail_read(prot: int) -> int:
-            if prot == _os.PROT_READ:
-                ctypes.set_errno(errno.ENOMEM)  # what mprotect gives when VMAs run out
-                return -1
-            return protect(prot)
-
-        return fail_read
-
-    monkeypatch.setattr(_os, "protector", failing_protector)
     s = factory.create_random(32)
+    syscalls.fail("mprotect", errno.ENOMEM)  # what mprotect gives when VMAs run out
     with pytest.raises(SecureMemoryError, match="Cannot allocate memory") as e:
         s.with_bytes(bytes)
     assert e.value.errno == errno.ENOMEM
@@ -338,14 +320,16 @@ def test_core_dumps_disabled_by_first_factory() -> None:
 
 
 def test_exit_wipes_live_secrets() -> None:
-    """At interpreter exit every open secret is wiped (the atexit hook runs the finalizers)."""
+    """At interpreter exit every open secret is wiped: the core's own record of its calls, read
+    by an atexit hook registered before securememory's (so it runs after it)."""
     code = (
-        "import securememory, securememory._secret as m\n"
+        "import atexit\n"
+        "calls = []\n"
+        "atexit.register(lambda: print(sorted({c[0] for c in calls if c[2] >= 32})))\n"
+        "import securememory\n"
+        "from securememory._backend import _native\n"
         "s = securememory.SecretFactory().create_random(32)\n"
-        "real = m.Region.free\n"
-        "def spy(self):\n"
-        "    r = real(self); print('freed', self.size, r, flush=True); return r\n"
-        "m.Region.free = spy\n"
+        "_native.trace(calls)\n"
     )
     out = subprocess.run(
         [sys.executable, "-W", "error::ResourceWarning", "-c", code],
@@ -353,7 +337,7 @@ def test_exit_wipes_live_secrets() -> None:
         text=True,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "freed 32 True"
+    assert out.stdout.strip() == "['mprotect', 'wipe']"  # made writable, wiped, left mapped
     assert "ResourceWarning" not in out.stderr
 
 
@@ -368,7 +352,7 @@ def test_forked_child_exits_cleanly(factory: securememory.SecretFactory) -> None
         "_, status = os.waitpid(pid, 0)\n"
         "print(os.waitstatus_to_exitcode(status))\n"
     )
-    module = _probe.module_for(factory.implementation)
+    module = factory.spec.module
     out = subprocess.run(
         [sys.executable, "-c", code.format(module=module)], capture_output=True, text=True
     )
@@ -377,8 +361,7 @@ def test_forked_child_exits_cleanly(factory: securememory.SecretFactory) -> None
 
 
 def _perms(s: securememory.Secret) -> str:
-    r = s._region
-    (m,) = _inspect.smaps("self", r.inner, r.inner + 1)
+    (m,) = _inspect.smaps("self", s._inner, s._inner + 1)
     return m.perms
 
 
@@ -390,114 +373,68 @@ def test_access_left_from_another_thread(factory: securememory.SecretFactory) ->
         t = threading.Thread(target=ctx.__exit__, args=(None, None, None))
         t.start()
         t.join()
-        assert s._count == 0 and not s._threads
+        assert s._count == 0 and not s._holders()
         assert _perms(s).startswith("---")
     assert s.closed
 
 
-def test_failed_view_creation_undoes_the_count(
-    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with factory.create_random(16) as s:
-
-        def broken(*args: object) -> memoryview:
-            raise KeyboardInterrupt  # as if it arrived at the worst moment
-
-        monkeypatch.setattr(type(s._region), "view", broken)
-        with pytest.raises(KeyboardInterrupt):
-            s.with_bytes(bytes)
-        monkeypatch.undo()
-        assert s._count == 0 and not s._threads
-        assert _perms(s).startswith("---")
-
-
 def test_free_releases_pages_even_if_they_cannot_be_wiped(
-    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+    factory: securememory.SecretFactory, syscalls: Syscalls
 ) -> None:
-    """mprotect refusing everything but PROT_NONE: close raises, yet the mapping is gone and
-    nothing stays counted."""
+    """mprotect refused when close makes the pages writable to wipe them: close raises, yet the
+    mapping is gone and nothing stays counted."""
     before = _leak_counters()
-    real = _os.protector
-
-    def none_only(addr: int, length: int) -> Callable[[int], int]:
-        protect = real(addr, length)
-
-        def fail(prot: int) -> int:
-            if prot != _os.PROT_NONE:
-                ctypes.set_errno(errno.ENOMEM)
-                return -1
-            return protect(prot)
-
-        return fail
-
     s = factory.create_random(32)
-    base = s._region.base
-    s._region._mprotect = none_only(s._region.inner, s._region.inner_len)
+    base = s._base
+    syscalls.fail("mprotect", errno.ENOMEM)
     with pytest.raises(SecureMemoryError, match="Cannot allocate memory"):
         s.close()
     assert s.closed and _leak_counters() == before
     assert not [m for m in _inspect.maps() if m.start <= base < m.end]
-    monkeypatch.undo()
 
 
-@pytest.mark.parametrize("how", ["close", "gc", "canary", "failed-create", "exit"])
-def test_wipe_comes_before_unlock_and_unmap(
-    factory: securememory.SecretFactory, how: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("how", ["close", "gc", "canary", "failed-create"])
+def test_wipe_comes_before_unmap(
+    factory: securememory.SecretFactory, how: str, syscalls: Syscalls
 ) -> None:
-    """The order of the calls that end a region, recorded as they pass through to the kernel:
-    the whole inner range is zeroed, then unlocked (not secretmem: the kernel does it), then
-    unmapped. A wipe removed or moved after the unmap fails this test."""
-    calls: list[tuple[str, int, int]] = []
-    for name in ("zero", "unlock", "unmap"):
-        real = getattr(_os, name)
-
-        def spy(addr: int, length: int, _real: Any = real, _name: str = name) -> None:
-            calls.append((_name, addr, length))
-            _real(addr, length)
-
-        monkeypatch.setattr(_os, name, spy)
+    """The order of the calls that end a region, recorded by the core as they pass to the
+    kernel: the whole inner range is zeroed, then the whole mapping unmapped (which unlocks it).
+    A wipe removed or moved after the unmap fails this test."""
+    region: securememory.Secret | None = None
     if how == "failed-create":
-        monkeypatch.setattr(_os, "fill_random", lambda a, n: (_ for _ in ()).throw(OSError()))
-        with pytest.raises(OSError):
+        # a guarded region draws its canary first; the data's fill is the next draw
+        syscalls.fail("getrandom", errno.EIO, skip=1 if factory.spec.guarded else 0)
+        calls = syscalls.record()
+        with pytest.raises(SecureMemoryError, match="getrandom"):
             factory.create_random(32)
-        region = None
     else:
         s = factory.create_random(32)
-        region = s._region
+        region = s
+        inner, inner_len, base, mapped = s._inner, s._inner_len, s._base, s._mapped
+        calls = syscalls.record()
         if how == "close":
             s.close()
         elif how == "gc":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ResourceWarning)
-                del s
+                del s, region
                 gc.collect()
-        elif how == "canary":
-            if region.canary_len == 0:
+        else:
+            if s._canary_len == 0:
                 pytest.skip("protected memory has no canary")
-            region.protect(_os.PROT_RW)
-            ctypes.memset(region.data - 1, 0x41, 1)
-            region.protect(_os.PROT_NONE)
+            _region.make_writable(s)
+            _region.poke(s._data - 1, _region.peek(s._data - 1) ^ 0xFF)
+            _region.make_no_access(s)
+            calls.clear()
             with pytest.raises(securememory.CanaryError):
                 s.close()
-        else:
-            securememory._secret._wipe_all_at_exit()
-            securememory._secret._exiting = False
-            assert s.closed
-    names = [c[0] for c in calls]
-    expected = (
-        ["zero", "unmap"]
-        if factory.implementation == "secretmem"
-        else [
-            "zero",
-            "unlock",
-            "unmap",
-        ]
-    )
-    assert names[-len(expected) :] == expected, calls
-    zero, unmap = calls[-len(expected)], calls[-1]
-    if region is not None:
-        assert zero[1:] == (region.inner, region.inner_len)
-        assert unmap[1:] == (region.base, region.mapped)
+    syscalls.stop()
+    names = [c[0] for c in calls if c[0] in ("wipe", "munmap")]
+    assert names == ["wipe", "munmap"], calls
+    wipe, unmap = [c for c in calls if c[0] in ("wipe", "munmap")]
+    if how != "failed-create":
+        assert wipe[1:3] == (inner, inner_len)
+        assert unmap[1:3] == (base, mapped)
     else:
-        guard_pages = 1 if factory.implementation == "protected" else 2
-        assert zero[2] == unmap[2] - guard_pages * 4096
+        guard_pages = 1 if not factory.spec.guarded else 2
+        assert wipe[2] == unmap[2] - guard_pages * 4096

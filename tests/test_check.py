@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from securememory import check, secretmem
+from securememory import check
+from securememory._implementations import IMPLEMENTATIONS, get
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,12 +26,13 @@ def test_check_json_every_implementation() -> None:
     assert out.returncode == (0 if report["ok"] else 1)
     assert report["ok"], out.stdout
     impls = report["implementations"]
-    assert set(impls) == set(check.IMPLEMENTATIONS)
+    assert set(impls) == {i.name for i in IMPLEMENTATIONS}
+    assert report["backend"] == "native"
     for name, entry in impls.items():
-        if name == "secretmem" and not secretmem.available():
+        if get(name).unavailable():
             assert entry["unavailable"]
             continue
-        assert set(entry["proofs"]) == set(check.PROOFS)
+        assert set(entry["proofs"]) == {p.name for p in check.PROOFS}
         for result in entry["proofs"].values():
             assert result["status"] in ("pass", "skip") and result["detail"]
         assert entry["per_secret"]["locked"] >= 4096
@@ -52,16 +54,17 @@ def test_check_table_and_console_script() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["guarantee", "protected"]
+    assert lines[0].startswith("backend: native; SecretFactory() makes: ")
+    assert lines[1].split() == ["guarantee", "protected"]
     assert any(line.startswith("locked in RAM") and "PASS" in line for line in lines)
-    assert "all claimed guarantees held" in out.stdout
+    assert "all proofs that could run held" in out.stdout
 
 
 def test_check_fails_when_a_proof_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """The exit status is not a constant: a failed proof makes it 1."""
-    monkeypatch.setitem(
-        check.PROOFS, "locked in RAM", lambda impl: check.Result("fail", "injected")
-    )
+    proofs = list(check.PROOFS)
+    proofs[0] = check.Proof(proofs[0].name, lambda impl: check.Result("fail", "injected"), 1)
+    monkeypatch.setattr(check, "PROOFS", tuple(proofs))
     assert check.main(["--implementation", "protected"]) == 1
 
 

@@ -65,7 +65,7 @@ def test_all_accesses_finish_without_close(factory: securememory.SecretFactory) 
         for t in threads:
             t.join()
         assert counts == [2_000] * 4
-        assert s._count == 0 and not s._threads
+        assert s._count == 0 and not s._holders()
 
 
 def test_close_waits_for_running_access(factory: securememory.SecretFactory) -> None:

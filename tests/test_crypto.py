@@ -128,8 +128,8 @@ def test_cipher_lives_only_inside_the_access(factory: securememory.SecretFactory
             kept = e  # a caller keeping the exception keeps its traceback's frames
             assert _ciphers_alive() == before
             del kept
-        r = key._region
-        (m,) = _inspect.smaps("self", r.inner, r.inner + r.inner_len)
+        r = key
+        (m,) = _inspect.smaps("self", r._inner, r._inner + r._inner_len)
         assert m.perms.startswith("---")
 
 

@@ -17,12 +17,12 @@ from conftest import require, skip_unless_available
 
 import securememory
 from securememory import _inspect, _probe, check
-from securememory._probe import factory_for
+from securememory._factory import factory_for
+from securememory._implementations import get
 
 
 def _smaps(s: securememory.Secret) -> list[_inspect.Mapping]:
-    r = s._region
-    return _inspect.smaps("self", r.inner, r.inner + r.inner_len)
+    return _inspect.smaps("self", s._inner, s._inner + s._inner_len)
 
 
 def test_smaps_in_process(factory: securememory.SecretFactory) -> None:
@@ -33,10 +33,10 @@ def test_smaps_in_process(factory: securememory.SecretFactory) -> None:
     with factory.create_random(32) as s:
         entries = _smaps(s)
         assert [m.perms[:3] for m in entries] == ["---"]
-        assert sum(m.fields["Locked"] for m in entries) == s._region.inner_len
+        assert sum(m.fields["Locked"] for m in entries) == s._inner_len
         flags = entries[0].flags
         assert {"lo", "dd"} <= flags
-        assert ("dc" if s.implementation == "secretmem" else "wf") in flags
+        assert "dc" in flags  # MADV_DONTFORK: a forked child has no mapping here
         with s.access():
             assert [m.perms[:3] for m in _smaps(s)] == ["r--"]
         assert [m.perms[:3] for m in _smaps(s)] == ["---"]
@@ -75,14 +75,14 @@ def _passed(r: check.Result) -> None:
 
 
 def test_locked(impl: str) -> None:
-    r = check.prove_locked(impl)
+    r = check.prove_locked(get(impl))
     _passed(r)
     assert r.evidence["locked"] == r.evidence["inner_len"] > 0
     assert r.evidence["guard_locked"] == 0
 
 
 def test_idle_read_dies_and_access_read_works(impl: str) -> None:
-    r = check.prove_no_access(impl)
+    r = check.prove_no_access(get(impl))
     _passed(r)
     assert r.evidence["read_in_access"] is True  # control: the same raw read works in access
     assert r.evidence["idle_read_signal"] == 11
@@ -90,7 +90,7 @@ def test_idle_read_dies_and_access_read_works(impl: str) -> None:
 
 def test_kernel_core_file_excludes_secret(impl: str) -> None:
     require(_inspect.kernel_core_unavailable(), "kernel core file")
-    r = check.prove_kernel_core(impl)
+    r = check.prove_kernel_core(get(impl))
     _passed(r)
     assert r.evidence["secret_hits"] == 0
     assert r.evidence["control_hits"] >= 1  # the bytearray copy is in the same core file
@@ -98,7 +98,7 @@ def test_kernel_core_file_excludes_secret(impl: str) -> None:
 
 def test_gcore_excludes_secret(impl: str) -> None:
     require(_inspect.gcore_unavailable(), "gcore")
-    r = check.prove_gcore(impl)
+    r = check.prove_gcore(get(impl))
     _passed(r)
     assert r.evidence["secret_hits"] == 0
     assert r.evidence["control_hits"] >= 1
@@ -108,11 +108,15 @@ def test_gcore_excludes_secret(impl: str) -> None:
 def test_no_copy_after_close_or_gc(impl: str, how: str) -> None:
     """/proc/<pid>/mem of the child: while open the secret is only in its own pages (for the
     readable backings), after close or GC nowhere; the control bytearray is still found."""
-    r = check.prove_wiped_on_close(impl) if how == "close" else check.prove_wiped_on_gc(impl)
+    r = (
+        check.prove_wiped_on_close(get(impl))
+        if how == "close"
+        else check.prove_wiped_on_gc(get(impl))
+    )
     _passed(r)
     ev = r.evidence
     assert ev["elsewhere_while_open"] == 0
-    assert ev["in_own_pages"] == (0 if impl == "secretmem" else 1)
+    assert ev["in_own_pages"] == (0 if get(impl).hidden_from_kernel else 1)
     assert ev["after"] == 0 and ev["control_hits"] >= 1
     if how == "drop":
         assert any("never closed" in w for w in ev["warnings"])
@@ -131,19 +135,18 @@ def test_new_from_bytearray_leaves_no_copy(impl: str) -> None:
 
 
 def test_forked_child_cannot_see_secret(impl: str) -> None:
-    r = check.prove_fork(impl)
+    r = check.prove_fork(get(impl))
     _passed(r)
     assert r.evidence["refused"]  # the library will not use a secret in a forked child
-    if impl == "secretmem":
-        assert r.evidence["signal"] == 11
-    else:
-        assert r.evidence["zero"] and not r.evidence["seen_secret"]
+    assert r.evidence["own_secret"]  # ... and the child can make and use its own
+    assert r.evidence["signal"] == 11  # MADV_DONTFORK: no mapping at the parent's address
+    assert r.evidence["intact"]  # the parent's secret is untouched by the child's exit
 
 
 def test_guard_pages_and_canary(impl: str) -> None:
-    if impl == "protected":
-        pytest.skip("protected memory has no guard pages by design")
-    r = check.prove_guards(impl)
+    if not get(impl).guarded:
+        pytest.skip(f"{impl} memory has no guard pages by design")
+    r = check.prove_guards(get(impl))
     _passed(r)
     assert r.evidence["overflow_signal"] == 11
     assert r.evidence["underflow"]["error"].startswith("CanaryError")
@@ -151,26 +154,26 @@ def test_guard_pages_and_canary(impl: str) -> None:
 
 def test_guard_pages_in_smaps(impl: str) -> None:
     """Two ---p guard mappings around the inner pages, holding no lock."""
-    if impl == "protected":
-        pytest.skip("protected memory has no guard pages by design")
+    if not get(impl).guarded:
+        pytest.skip(f"{impl} memory has no guard pages by design")
     with factory_for(impl).create_random(32) as s:
-        r = s._region
-        entries = _inspect.smaps("self", r.base, r.base + r.mapped)
-        assert [m.end - m.start for m in entries] == [4096, r.inner_len, 4096]
+        r = s
+        entries = _inspect.smaps("self", r._base, r._base + r._mapped)
+        assert [m.end - m.start for m in entries] == [4096, r._inner_len, 4096]
         lead, inner, trail = entries
         for guard in (lead, trail):
             assert guard.perms.startswith("---") and guard.fields["Locked"] == 0
             assert "lo" not in guard.flags
-        assert inner.fields["Locked"] == r.inner_len
+        assert inner.fields["Locked"] == r._inner_len
         # right-aligned data: the first byte past the end is the trailing guard page
-        assert r.data + r.size == trail.start
-        assert r.data - r.inner >= 16
+        assert r._data + r._size == trail.start
+        assert r._data - r._inner >= 16
 
 
 def test_secretmem_out_of_direct_map() -> None:
     """/proc/<pid>/mem cannot read secretmem pages; the guarded control is read and found."""
     skip_unless_available("secretmem")
-    r = check.prove_direct_map("secretmem")
+    r = check.prove_direct_map(get("secretmem"))
     _passed(r)
     assert r.evidence["unreadable"] and r.evidence["secret_hits"] == 0
     assert r.evidence["control_hits"] == 1
@@ -178,10 +181,10 @@ def test_secretmem_out_of_direct_map() -> None:
 
 def test_memlock_refusal_leaks_nothing(impl: str) -> None:
     require(_probe.unprivileged_unavailable(), "a child without CAP_IPC_LOCK")
-    r = check.prove_memlock_budget(impl)
+    r = check.prove_memlock_budget(get(impl))
     _passed(r)
-    assert r.evidence["made"] == r.evidence["made_kernel"] == 16  # 64 KiB / 4 KiB locked each
-    assert r.evidence["kernel_errno"] in (errno.ENOMEM, errno.EAGAIN)  # mlock / secretmem mmap
+    assert r.evidence["made"] == r.evidence["expected"] == 16  # 64 KiB / 4 KiB locked each
+    assert r.evidence["errno"] in (errno.ENOMEM, errno.EAGAIN)  # mlock / secretmem mmap
     assert "RLIMIT_MEMLOCK soft limit is 65536 bytes" in r.evidence["error"]
 
 
@@ -189,7 +192,7 @@ def test_secretmem_counts_in_vmlck() -> None:
     skip_unless_available("secretmem")
     before = _inspect.status_field("self", "VmLck")
     with factory_for("secretmem").create_random(32) as s:
-        assert _inspect.status_field("self", "VmLck") - before == s._region.inner_len
+        assert _inspect.status_field("self", "VmLck") - before == s._inner_len
     assert _inspect.status_field("self", "VmLck") == before
 
 
@@ -201,9 +204,9 @@ def test_each_secret_is_its_own_vma(factory: securememory.SecretFactory) -> None
     try:
         with secrets[7].access():
             for s in secrets:
-                r = s._region
+                r = s
                 (m,) = _smaps(s)
-                assert (m.start, m.end) == (r.inner, r.inner + r.inner_len)
+                assert (m.start, m.end) == (r._inner, r._inner + r._inner_len)
     finally:
         for s in secrets:
             s.close()

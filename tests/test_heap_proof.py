@@ -44,6 +44,7 @@ import pytest
 from conftest import IMPLEMENTATIONS, require, skip_unless_available
 
 from securememory import _inspect, _probe
+from securememory._factory import factory_for
 
 try:
     from cryptography.hazmat.primitives import hashes
@@ -106,7 +107,7 @@ class _Worker(_probe._Child):
     def do_workload(self, impl: str, key_id: str, n: str) -> None:
         """``n`` mixed operations with secret ``key_id``: AEAD round trips (both algorithms),
         HKDF derivations (closed at once; every 30th also compared), HMAC tags."""
-        factory, key = _probe.factory_for(impl), self.secrets[int(key_id)]
+        factory, key = factory_for(impl), self.secrets[int(key_id)]
         boxes = [crypto.AEAD(key, "aes-256-gcm"), crypto.AEAD(key, "chacha20-poly1305")]
         counts = {"aead": 0, "hkdf": 0, "hmac": 0, "compare": 0}
         for i in range(int(n)):
@@ -129,13 +130,13 @@ class _Worker(_probe._Child):
     def do_derive(self, impl: str, key_id: str, j: str) -> None:
         key = self.secrets[int(key_id)]
         info = b"kept-" + j.encode()
-        self.add(crypto.hkdf(key, 32, HKDF_SALT, info, factory=_probe.factory_for(impl)))
+        self.add(crypto.hkdf(key, 32, HKDF_SALT, info, factory=factory_for(impl)))
 
     def do_file(self, impl: str, path: str) -> None:
-        self.add(_probe.factory_for(impl).from_file(path))
+        self.add(factory_for(impl).from_file(path))
 
     def do_prompt(self, impl: str, tty: str) -> None:
-        self.add(_probe.factory_for(impl).from_prompt(PROMPT.decode(), tty=tty))
+        self.add(factory_for(impl).from_prompt(PROMPT.decode(), tty=tty))
 
     def do_argon2(self, impl: str, pw_id: str) -> None:
         pw = self.secrets[int(pw_id)]
@@ -146,7 +147,7 @@ class _Worker(_probe._Child):
                 iterations=ARGON2_ITERATIONS,
                 lanes=ARGON2_LANES,
                 memory_cost=ARGON2_MEMORY,
-                factory=_probe.factory_for(impl),
+                factory=factory_for(impl),
             )
         )
 
@@ -161,7 +162,7 @@ class _Worker(_probe._Child):
         """Read nonce || wrapped key from stdin; unwrap it into a new secret."""
         raw = self._read_raw(int(size))
         box = crypto.AEAD(self.secrets[int(key_id)], "aes-256-gcm")
-        self.add(box.decrypt_to_secret(raw[:12], raw[12:], WRAP_AAD, _probe.factory_for(impl)))
+        self.add(box.decrypt_to_secret(raw[:12], raw[12:], WRAP_AAD, factory_for(impl)))
 
     def do_closeall(self) -> None:
         for s in self.secrets.values():

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 import pytest
+from conftest import Syscalls
 
 import securememory
 from securememory import _inspect, scratch, stats
@@ -106,7 +107,7 @@ def test_from_fd_reads_exactly_size_into_the_pages(
         with factory.from_fd(r, 32) as s:
             t.join()
             assert s.with_bytes(bytes) == data[:32]
-            assert readv_spy.inside(s._region.data, 32)
+            assert readv_spy.inside(s._data, 32)
             assert all("lo" in flags for _, _, flags in readv_spy.reads)
         assert os.read(r, 100) == data[32:]
     finally:
@@ -164,7 +165,7 @@ def test_from_stream_reads_exactly_size_into_the_pages(
     stream = _Chunky(data)
     with factory.from_stream(stream, 32) as s:
         assert s.with_bytes(bytes) == data[:32]
-        assert stream.spy.inside(s._region.data, 32)
+        assert stream.spy.inside(s._data, 32)
         assert len(stream.spy.reads) == 7  # 6 * 5 + 2
         assert all("lo" in flags for _, _, flags in stream.spy.reads)
     assert stream.pos == 32
@@ -208,7 +209,7 @@ def test_from_file_whole_and_prefix(
     with factory.from_file(path) as s:
         assert len(s) == 48
         assert s.with_bytes(bytes) == data
-        assert readv_spy.inside(s._region.data, 48)
+        assert readv_spy.inside(s._data, 48)
     with factory.from_file(str(path), 16) as s:
         assert s.with_bytes(bytes) == data[:16]
 
@@ -234,30 +235,23 @@ def test_from_file_errors_leave_nothing(factory: securememory.SecretFactory, tmp
 
 
 @pytest.fixture
-def zero_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, bytes]]:
-    """Every wipe the library makes: (address, length, the memory right after the wipe)."""
-    from securememory import _os
-
-    calls: list[tuple[int, int, bytes]] = []
-    real = _os.zero
-
-    def zero(addr: int, length: int) -> None:
-        real(addr, length)
-        calls.append((addr, length, ctypes.string_at(addr, length)))
-
-    monkeypatch.setattr(_os, "zero", zero)
-    return calls
+def zero_spy(syscalls: Syscalls) -> list[tuple[str, int, int, int]]:
+    """Every wipe and unmap the core makes, as (op, address, length, arg), in order."""
+    return syscalls.record()
 
 
-def _assert_scratch_gone(addr: int, zero_spy: list[tuple[int, int, bytes]]) -> None:
-    wiped = [(a, n, mem) for a, n, mem in zero_spy if a <= addr and addr + 100 <= a + n]
-    assert wiped, "the scratch pages were not wiped"
-    assert wiped[0][2] == bytes(wiped[0][1])
+def _assert_scratch_gone(addr: int, calls: list[tuple[str, int, int, int]]) -> None:
+    ends = [(op, a, n) for op, a, n, _ in calls if op in ("wipe", "munmap")]
+    wipes = [i for i, (op, a, n) in enumerate(ends) if op == "wipe" and a <= addr < a + n]
+    unmaps = [i for i, (op, a, n) in enumerate(ends) if op == "munmap" and a <= addr < a + n]
+    assert wipes, "the scratch pages were not wiped"
+    assert unmaps and wipes[0] < unmaps[0], "the scratch pages were not wiped, then unmapped"
+    assert ends[wipes[0]][1] <= addr and addr + 100 <= ends[wipes[0]][1] + ends[wipes[0]][2]
     assert not _mapped(addr, 100), "the scratch pages are still mapped"
 
 
 def test_scratch_is_locked_then_wiped_and_unmapped(
-    zero_spy: list[tuple[int, int, bytes]],
+    zero_spy: list[tuple[str, int, int, int]],
 ) -> None:
     before = _usage()
     kept: list[memoryview] = []
@@ -272,7 +266,7 @@ def test_scratch_is_locked_then_wiped_and_unmapped(
         kept[0][0]
 
 
-def test_scratch_wipes_on_exception(zero_spy: list[tuple[int, int, bytes]]) -> None:
+def test_scratch_wipes_on_exception(zero_spy: list[tuple[str, int, int, int]]) -> None:
     before = _usage()
     addr = 0
     with pytest.raises(RuntimeError, match="boom"), scratch(100) as buf:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import securememory
 from securememory import SecretClosedError
-from securememory._probe import factory_for
+from securememory._factory import factory_for
 from securememory._region import MAX_SIZE
 
 settings.register_profile(

@@ -35,25 +35,25 @@ def test_stale_slice_dies_with_sigsegv(impl: str, then: str) -> None:
 def test_close_with_live_slice_quarantines(factory: securememory.SecretFactory) -> None:
     before = securememory.stats()
     s = factory.create_random(64)
-    r = s._region
+    r = s
     part = s.with_bytes(lambda v: v[8:16])
     s.close()
     after = securememory.stats()
-    assert after.bytes_quarantined - before.bytes_quarantined == r.mapped
+    assert after.bytes_quarantined - before.bytes_quarantined == r._mapped
     assert (after.bytes_locked, after.live_secrets) == (before.bytes_locked, before.live_secrets)
-    (m,) = [m for m in _inspect.maps() if m.start <= r.data < m.end]
+    (m,) = [m for m in _inspect.maps() if m.start <= r._data < m.end]
     assert m.perms == "---p" and m.path == ""  # fresh no-access memory, secretmem file gone
-    (sm,) = _inspect.smaps("self", r.inner, r.inner + 1)
+    (sm,) = _inspect.smaps("self", r._inner, r._inner + 1)
     assert sm.fields["Locked"] == 0 and sm.fields["Rss"] == 0  # the wiped pages are released
     with factory.create_random(64) as other:  # the range is never handed out again
-        assert not r.base <= other._region.data < r.base + r.mapped
+        assert not r._base <= other._data < r._base + r._mapped
     del part
 
 
 def test_close_without_live_views_unmaps(factory: securememory.SecretFactory) -> None:
     before = securememory.stats()
     s = factory.create_random(64)
-    data = s._region.data
+    data = s._data
     assert s.with_bytes(lambda v: bytes(v[:4])) is not None  # the slice is gone at once
     s.close()
     assert securememory.stats().bytes_quarantined == before.bytes_quarantined

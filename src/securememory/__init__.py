@@ -10,9 +10,11 @@ and wiped when no longer needed.
 from __future__ import annotations
 
 from ._factory import SecretFactory
-from ._secret import Secret, SecretReader, Stats, scratch, stats
+from ._process import Stats, stats
+from ._secret import Secret, SecretReader, scratch
 from .errors import (
     CanaryError,
+    MapCountError,
     MemoryLockError,
     SecretClosedError,
     SecureMemoryError,
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CanaryError",
+    "MapCountError",
     "MemoryLockError",
     "Secret",
     "SecretClosedError",

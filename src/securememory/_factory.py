@@ -1,71 +1,87 @@
-"""Layer 4: the factory every implementation shares; each implementation only names its region.
+"""Layer 4: the factory every implementation shares; each implementation names its spec.
 
 ``SecretFactory()`` called on this base class picks the strongest implementation the host offers
-(secretmem, else guarded); ``factory.implementation`` says which.
+(the first of :data:`~securememory._implementations.DEFAULT_ORDER` the kernel supports: secretmem,
+else guarded); ``factory.implementation`` says which, and a fallback is logged once as a warning
+on the ``securememory`` logger.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import threading
 from typing import Any, Callable, ClassVar
 
-from . import _ingress, _region
-from ._secret import Secret, create
+from . import _implementations, _ingress, _process
+from ._implementations import Implementation
+from ._secret import Secret, check_size, create, wipe_buffer
 from .errors import UnsupportedPlatformError
 
-_core_lock = threading.Lock()
-_core_dumps_disabled = False
-
-
-def _disable_core_dumps_once() -> None:
-    global _core_dumps_disabled
-    with _core_lock:
-        if not _core_dumps_disabled:
-            _region.disable_core_dumps()
-            _core_dumps_disabled = True
+_log = logging.getLogger("securememory")
+_fallback_logged = False
 
 
 class SecretFactory:
     """Makes :class:`Secret` objects of one implementation (see ``implementation``).
 
-    Making the first factory sets the process's ``RLIMIT_CORE`` soft limit to 0 (no core dumps at
-    all), as well as excluding each secret's pages from dumps one by one. Pass
-    ``disable_core_dumps=False`` to keep core dumps on; the per-region exclusion (``MADV_DONTDUMP``
-    on Linux, nothing on macOS) still applies.
+    Making a factory sets the process's ``RLIMIT_CORE`` soft limit to 0 (no core dumps at all),
+    as well as excluding each secret's pages from dumps one by one. Pass
+    ``disable_core_dumps=False`` to keep core dumps on: that opt-out holds for the whole process
+    (also against factories made before or after it, the one ``securememory.crypto`` makes
+    included); the per-region exclusion (``MADV_DONTDUMP`` on Linux, nothing on macOS) still
+    applies.
+
+    Every constructor takes ``inheritable=True`` to make a secret that stays usable in a child
+    made by ``os.fork()`` (see :mod:`securememory.sharing`); by default a child sees nothing.
     """
 
-    implementation: ClassVar[str] = ""
-    _guarded: ClassVar[bool] = True
-    _secretmem: ClassVar[bool] = False
+    _spec: ClassVar[Implementation | None] = None
+    _registry: ClassVar[dict[str, type[SecretFactory]]] = {}
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        if cls._spec is not None:
+            SecretFactory._registry[cls._spec.name] = cls
 
     def __new__(cls, *, disable_core_dumps: bool = True) -> SecretFactory:
         if cls is SecretFactory:
-            from . import guarded, secretmem
-
-            cls = secretmem.SecretFactory if secretmem.available() else guarded.SecretFactory
+            cls = _default_class()
         return object.__new__(cls)
 
     def __init__(self, *, disable_core_dumps: bool = True) -> None:
-        reason = self._unavailable()
+        spec = self.spec
+        reason = spec.unavailable()
         if reason is not None:
-            raise UnsupportedPlatformError(f"{self.implementation}: {reason}")
+            raise UnsupportedPlatformError(f"{spec.name}: {reason}")
         if disable_core_dumps:
-            _disable_core_dumps_once()
+            _process.stop_core_dumps()
+        else:
+            _process.keep_core_dumps()
 
-    @classmethod
-    def _unavailable(cls) -> str | None:
-        from . import _os
+    @property
+    def spec(self) -> Implementation:
+        """What this factory's secrets are (the table entry of its implementation)."""
+        assert self._spec is not None  # the base class never makes instances of itself
+        return self._spec
 
-        return _os.UNSUPPORTED
+    @property
+    def implementation(self) -> str:
+        """``"secretmem"``, ``"guarded"`` or ``"protected"``."""
+        return self.spec.name
 
     def __repr__(self) -> str:
         return f"<securememory {self.implementation} SecretFactory>"
 
-    def _create(self, size: int, fill: Callable[[memoryview], None]) -> Secret:
-        return create(
-            size, fill, guarded=self._guarded, secretmem=self._secretmem, name=self.implementation
-        )
+    def _create(
+        self,
+        size: int,
+        fill: Callable[[memoryview], None] | None,
+        *,
+        inheritable: bool = False,
+    ) -> Secret:
+        """A new secret of ``size`` bytes that ``fill(view)`` writes through a writable view of
+        its pages (``None``: random). On any failure it is wiped and freed."""
+        return create(self.spec, size, fill, inheritable=inheritable)
 
     def new(self, data: object) -> Secret:
         """Copy ``data`` (any C-contiguous bytes-like object) into a new secret.
@@ -82,15 +98,15 @@ class SecretFactory:
             def fill(view: memoryview) -> None:
                 view[:] = src
 
-            return self._create(_region.check_size(src.nbytes), fill)
+            return self._create(check_size(src.nbytes), fill)
         finally:
             if not src.readonly:
-                _region.wipe_buffer(src)
+                wipe_buffer(src)
             src.release()
 
     def create_random(self, size: int) -> Secret:
         """A new secret of ``size`` bytes from the OS CSPRNG, written straight into its pages."""
-        return self._create(_region.check_size(size), _region.fill_random)
+        return self._create(check_size(size), None)
 
     def from_fd(self, fd: int, size: int) -> Secret:
         """Read exactly ``size`` bytes from file descriptor ``fd`` straight into a new secret.
@@ -100,7 +116,7 @@ class SecretFactory:
         """
         if isinstance(fd, bool) or not isinstance(fd, int):
             raise TypeError(f"fd must be an int, not {type(fd).__name__}")
-        n = _region.check_size(size)
+        n = check_size(size)
 
         fill = _ingress.fd_filler(fd, n)
 
@@ -118,7 +134,7 @@ class SecretFactory:
             raise TypeError(
                 f"expected a binary stream with readinto(), got {type(stream).__name__}"
             )
-        n = _region.check_size(size)
+        n = check_size(size)
 
         fill = _ingress.stream_filler(readinto, n)
 
@@ -160,3 +176,29 @@ class SecretFactory:
         from ._prompt import read_passphrase
 
         return read_passphrase(self._create, prompt, max_size=max_size, tty=tty)
+
+
+def _default_class() -> type[SecretFactory]:
+    """The factory class ``SecretFactory()`` makes: the first of the default order the kernel
+    supports, the fallback logged once."""
+    global _fallback_logged
+    from . import guarded, protectedmemory, secretmem  # noqa: F401  (they register themselves)
+
+    skipped: list[str] = []
+    for spec in _implementations.DEFAULT_ORDER:
+        reason = spec.unavailable()
+        if reason is None:
+            if skipped and not _fallback_logged:
+                _fallback_logged = True
+                _log.warning("SecretFactory() uses %s: %s", spec.name, "; ".join(skipped))
+            return SecretFactory._registry[spec.name]
+        skipped.append(f"{spec.name} is unavailable ({reason})")
+    raise UnsupportedPlatformError("; ".join(skipped))
+
+
+def factory_for(name: str, *, disable_core_dumps: bool = True) -> SecretFactory:
+    """A factory of the implementation named ``name`` (``ValueError`` for an unknown name)."""
+    from . import guarded, protectedmemory, secretmem  # noqa: F401  (they register themselves)
+
+    cls = SecretFactory._registry[_implementations.get(name).name]
+    return cls(disable_core_dumps=disable_core_dumps)

@@ -17,8 +17,10 @@ Commands (``ID`` is the number ``make`` answered):
   (outside an access this kills the child with SIGSEGV).
 - ``stale_view ID`` / ``stale_slice ID [close]``: keep the view (a slice of it) past the
   access (and the close), use it.
-- ``fork ID``: fork; the grandchild reports whether the library refused to use the secret
-  there, then reads the pages directly: only zeros, or the signal that killed it.
+- ``fork ID``: fork twice. The first grandchild reports whether the library refused to use the
+  secret there and whether it can make and use a secret of its own; the second reads the
+  secret's pages directly (the signal that killed it, or what it saw). Then the secret's bytes
+  are sent again, to show the parent's copy is intact.
 - ``overflow ID`` / ``underflow ID``: write one byte past the end (SIGSEGV on guard page) or
   just before the data (the canary), then close.
 - ``core``: raise ``RLIMIT_CORE`` and abort, leaving a kernel core file in the cwd.
@@ -27,9 +29,8 @@ Commands (``ID`` is the number ``make`` answered):
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import importlib
+import itertools
 import json
 import os
 import resource
@@ -40,21 +41,11 @@ import threading
 import warnings
 from typing import IO, Any
 
-from . import _os
-from ._factory import SecretFactory
-from ._secret import Secret, stats
+from . import _process
+from ._factory import factory_for
+from ._process import stats
+from ._secret import Secret
 from .errors import MemoryLockError, SecureMemoryError
-
-
-def module_for(impl: str) -> str:
-    """The module of an implementation named by its ``implementation`` string."""
-    return "securememory." + {"protected": "protectedmemory"}.get(impl, impl)
-
-
-def factory_for(impl: str) -> SecretFactory:
-    """A factory of the implementation named ``impl`` (``protected``, ``guarded``...)."""
-    factory: SecretFactory = importlib.import_module(module_for(impl)).SecretFactory()
-    return factory
 
 
 class _Child:
@@ -63,25 +54,29 @@ class _Child:
         self.controls: list[bytearray] = []
         self.holds: dict[int, tuple[threading.Thread, threading.Event]] = {}
         self.kept: list[memoryview] = []
+        self.ids = itertools.count()  # an id is never reused, even after a drop
 
     def reply(self, **answer: Any) -> None:
         os.write(1, json.dumps(answer).encode() + b"\n")
 
-    def add(self, s: Secret) -> None:
-        key = len(self.secrets)
-        self.secrets[key] = s
-        r = s._region
+    @staticmethod
+    def send_bytes(s: Secret) -> None:
         # the bytes go out from inside the access; the answer only once it has ended, so the
         # parent never looks at the child while the pages are still readable
         s.with_bytes(lambda view: os.write(1, b"RAW %d\n" % view.nbytes) + os.write(1, view))
+
+    def add(self, s: Secret) -> None:
+        key = next(self.ids)
+        self.secrets[key] = s
+        self.send_bytes(s)
         self.reply(
             id=key,
-            data=r.data,
-            size=r.size,
-            inner=r.inner,
-            inner_len=r.inner_len,
-            base=r.base,
-            mapped=r.mapped,
+            data=s._data,
+            size=s._size,
+            inner=s._inner,
+            inner_len=s._inner_len,
+            base=s._base,
+            mapped=s._mapped,
         )
 
     def run(self, line: str) -> None:
@@ -135,8 +130,7 @@ class _Child:
         self.reply(warnings=[f"{w.category.__name__}: {w.message}" for w in caught])
 
     def do_peek(self, key: str) -> None:
-        data = self.secrets[int(key)]._region.data
-        self.reply(byte=ctypes.string_at(data, 1)[0] >= 0)
+        self.reply(byte=_process.peek(self.secrets[int(key)]._data) >= 0)
 
     def do_peek_in_access(self, key: str) -> None:
         s = self.secrets[int(key)]
@@ -172,34 +166,38 @@ class _Child:
                     os.write(w, b"u")  # the library let the child use the parent's secret
                 except SecureMemoryError:
                     os.write(w, b"r")  # refused, as it should be
-                region = s._region  # now read the pages the way a bug in the child would
-                try:
-                    region.protect(_os.PROT_READ)
-                except SecureMemoryError:  # no mapping here (MADV_DONTFORK): touch it anyway
-                    ctypes.string_at(region.data, 1)
-                view = region.view()
-                os.write(w, b"Z" if view == bytes(len(view)) else b"S")
+                s.close()  # inert here: nothing of the parent's is touched
+                own = factory_for(s.implementation).create_random(32)
+                os.write(w, b"o" if own.with_bytes(len) == 32 else b"x")
+                own.close()
             finally:
                 os._exit(0)
         os.close(w)
         seen = b""
-        while chunk := os.read(r, 2):  # until the grandchild exits (or dies)
+        while chunk := os.read(r, 2):  # until the grandchild exits
             seen += chunk
         os.close(r)
         _, status = os.waitpid(pid, 0)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - a bug in the child: read the pages directly
+            try:
+                _process.peek(s._data)
+            finally:
+                os._exit(0)
+        _, touched = os.waitpid(pid, 0)
+        self.send_bytes(s)  # the parent's secret, after both children
         self.reply(
             refused=seen[:1] == b"r",
-            zero=seen[1:] == b"Z",
-            seen_secret=seen[1:] == b"S",
-            signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
+            own_secret=seen[1:2] == b"o",
+            exit_status=os.waitstatus_to_exitcode(status),
+            signal=os.WTERMSIG(touched) if os.WIFSIGNALED(touched) else None,
         )
 
     def _poke(self, key: str, offset: int) -> None:
         s = self.secrets[int(key)]
-        r = s._region
-        r.protect(_os.PROT_RW)  # a buggy C extension writing where it should not
-        ctypes.memset(r.data + offset, 0x41, 1)
-        r.protect(_os.PROT_NONE)
+        _process.make_writable(s)  # a buggy C extension writing where it should not
+        _process.poke(s._data + offset, 0x41)
+        _process.make_no_access(s)
         try:
             s.close()
         except Exception as e:
@@ -208,21 +206,14 @@ class _Child:
             self.reply(error=None, closed=s.closed)
 
     def do_overflow(self, key: str) -> None:
-        self._poke(key, self.secrets[int(key)]._region.size)
+        self._poke(key, self.secrets[int(key)]._size)
 
     def do_underflow(self, key: str) -> None:
         self._poke(key, -1)
 
-    def do_fill(self, impl: str, size: str, check: str = "precheck") -> None:
-        """Create secrets until the memlock budget refuses one; report what was left behind.
-
-        With ``kernel``, the library's budget pre-check is blinded, so that the refusal comes
-        from the kernel (``mlock`` ENOMEM, or secretmem's ``mmap`` EAGAIN).
-        """
+    def do_fill(self, impl: str, size: str) -> None:
+        """Create secrets until the kernel refuses to lock one; report what was left behind."""
         factory, made = factory_for(impl), []
-        real_budget = _os.memlock_budget
-        if check == "kernel":
-            _os.memlock_budget = lambda: real_budget()._replace(exempt=True)
         try:
             while True:
                 before = stats()
@@ -235,10 +226,9 @@ class _Child:
                 errno=e.errno,
                 before=before.__dict__,
                 after=after.__dict__,
-                vmlck=real_budget().locked,
+                vmlck=_process.memlock_budget().locked,
             )
         finally:
-            _os.memlock_budget = real_budget
             for s in made:
                 s.close()
 
@@ -284,7 +274,7 @@ def unprivileged_unavailable() -> str | None:
             [
                 sys.executable,
                 "-c",
-                "import securememory._os as o; print(o.memlock_budget().exempt)",
+                "import securememory._process as p; print(p.memlock_budget().exempt)",
             ],
             preexec_fn=lambda: _unprivileged(1 << 20),
             capture_output=True,
@@ -302,7 +292,7 @@ def _unprivileged(memlock: int) -> None:
     """In a forked child before exec: a small ``RLIMIT_MEMLOCK`` and, as root, no CAP_IPC_LOCK."""
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
     if os.geteuid() == 0:
-        _os.drop_ipc_lock_capability()
+        _process.drop_ipc_lock_capability()
 
 
 class Probe:

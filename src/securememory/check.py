@@ -7,8 +7,9 @@ after close. Every scan carries its control: a plain ``bytearray`` copy of a sec
 same child, which the same scan must find, so a scan that cannot see memory fails instead of
 passing.
 
-A proof the host cannot run (no gdb, a piped ``core_pattern``...) is *skipped* with its reason: it
-is not claimed. The exit status is 0 only if every proof that ran held.
+A proof the host cannot run (no gdb, a piped ``core_pattern``, a memlock limit too small for the
+secrets it needs...) is *skipped* with its reason and what would allow it: it is not claimed. The
+exit status is 0 only if every proof that ran held.
 """
 
 from __future__ import annotations
@@ -19,22 +20,68 @@ import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
-from . import _inspect, _probe, secretmem
-from ._secret import stats
+from . import _implementations, _inspect, _probe
+from ._implementations import IMPLEMENTATIONS, Implementation
+from ._process import BACKEND, PAGE_SIZE, memlock_budget, stats
 
-IMPLEMENTATIONS = ("secretmem", "guarded", "protected")
 SIZE = 32
+Status = Literal["pass", "fail", "skip"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
     """The outcome of one proof: ``status`` is ``pass``, ``fail`` or ``skip``."""
 
-    status: str
+    status: Status
     detail: str
     evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImplementationReport:
+    """Every proof of one implementation, or why the host cannot make it at all."""
+
+    name: str
+    unavailable: str | None = None
+    proofs: dict[str, Result] = field(default_factory=dict)
+    per_secret: dict[str, int] | None = None  # bytes mapped and locked by one 32-byte secret
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``securememory check`` found. :meth:`as_json` is the ``--json`` output."""
+
+    backend: str
+    default: str  # what SecretFactory() makes here
+    implementations: tuple[ImplementationReport, ...]
+    memlock: dict[str, Any]
+    host: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every proof that ran held."""
+        return all(r.status != "fail" for i in self.implementations for r in i.proofs.values())
+
+    def as_json(self) -> dict[str, Any]:
+        impls: dict[str, Any] = {}
+        for i in self.implementations:
+            if i.unavailable is not None:
+                impls[i.name] = {"unavailable": i.unavailable}
+            else:
+                impls[i.name] = {
+                    "proofs": {n: asdict(r) for n, r in i.proofs.items()},
+                    "per_secret": i.per_secret,
+                }
+        return {
+            "backend": self.backend,
+            "default": self.default,
+            "implementations": impls,
+            "memlock": self.memlock,
+            "host": self.host,
+            "ok": self.ok,
+        }
 
 
 def _ok(cond: bool, detail: str, **evidence: Any) -> Result:
@@ -45,10 +92,14 @@ def _range(a: dict[str, Any]) -> tuple[int, int]:
     return a["inner"], a["inner"] + a["inner_len"]
 
 
-def prove_locked(impl: str) -> Result:
+def _make(p: _probe.Probe, impl: Implementation) -> dict[str, Any]:
+    return p.send(f"make {impl.name} {SIZE}")
+
+
+def prove_locked(impl: Implementation) -> Result:
     """The inner pages are locked: smaps ``Locked:`` equals their size and ``lo`` is set."""
     with _probe.Probe() as p:
-        a = p.send(f"make {impl} {SIZE}")
+        a = _make(p, impl)
         entries = _inspect.smaps(p.pid, *_range(a))
         locked = sum(m.fields.get("Locked", 0) for m in entries)
         flags = set().union(*(m.flags for m in entries))
@@ -64,10 +115,10 @@ def prove_locked(impl: str) -> Result:
     )
 
 
-def prove_no_access(impl: str) -> Result:
+def prove_no_access(impl: Implementation) -> Result:
     """``---`` when idle and ``r--`` during an access; a raw read of the idle data is SIGSEGV."""
     with _probe.Probe() as p:
-        a = p.send(f"make {impl} {SIZE}")
+        a = _make(p, impl)
         idle = [m.perms for m in _inspect.smaps(p.pid, *_range(a))]
         p.send("hold 0")
         held = [m.perms for m in _inspect.smaps(p.pid, *_range(a))]
@@ -92,12 +143,12 @@ def prove_no_access(impl: str) -> Result:
     )
 
 
-def _dump_proof(impl: str, dump: Callable[[_probe.Probe, str], str]) -> Result:
+def _dump_proof(impl: Implementation, dump: Callable[[_probe.Probe, str], str]) -> Result:
     """Two secrets in one child, a plain bytearray copy of the second (the control); dump the
     child; the first secret must be absent and the control present."""
     with tempfile.TemporaryDirectory() as tmp, _probe.Probe(cwd=tmp) as p:
-        secret = p.send(f"make {impl} {SIZE}")["bytes"]
-        control = p.send(f"make {impl} {SIZE}")["bytes"]
+        secret = _make(p, impl)["bytes"]
+        control = _make(p, impl)["bytes"]
         p.send("control 1")
         path = dump(p, tmp)
         scan = _inspect.scan_file(path, [secret, control])
@@ -120,7 +171,7 @@ def _kernel_core(p: _probe.Probe, tmp: str) -> str:
     return path
 
 
-def prove_kernel_core(impl: str) -> Result:
+def prove_kernel_core(impl: Implementation) -> Result:
     """A real kernel core file of a child holding the secret does not contain it."""
     reason = _inspect.kernel_core_unavailable()
     if reason:
@@ -128,7 +179,7 @@ def prove_kernel_core(impl: str) -> Result:
     return _dump_proof(impl, _kernel_core)
 
 
-def prove_gcore(impl: str) -> Result:
+def prove_gcore(impl: Implementation) -> Result:
     """A ``gcore`` dump of a live child holding the secret does not contain it."""
     reason = _inspect.gcore_unavailable()
     if reason:
@@ -136,11 +187,11 @@ def prove_gcore(impl: str) -> Result:
     return _dump_proof(impl, lambda p, tmp: _inspect.gcore(p.pid, tmp))
 
 
-def _wipe_proof(impl: str, how: str) -> Result:
+def _wipe_proof(impl: Implementation, how: str) -> Result:
     with _probe.Probe() as p:
-        a = p.send(f"make {impl} {SIZE}")
+        a = _make(p, impl)
         secret = a["bytes"]
-        control = p.send(f"make {impl} {SIZE}")["bytes"]
+        control = _make(p, impl)["bytes"]
         p.send("control 1")
         live = _inspect.scan_memory(p.pid, [secret])
         outside = live.found(secret, outside=_range(a))
@@ -164,43 +215,42 @@ def _wipe_proof(impl: str, how: str) -> Result:
     )
 
 
-def prove_wiped_on_close(impl: str) -> Result:
+def prove_wiped_on_close(impl: Implementation) -> Result:
     """No copy of the secret anywhere in the child after ``close()`` (``/proc/<pid>/mem``)."""
     return _wipe_proof(impl, "close")
 
 
-def prove_wiped_on_gc(impl: str) -> Result:
+def prove_wiped_on_gc(impl: Implementation) -> Result:
     """No copy after the garbage collector reaps an unclosed secret, with a ResourceWarning."""
     return _wipe_proof(impl, "drop")
 
 
-def prove_fork(impl: str) -> Result:
-    """A forked child sees zeros (``MADV_WIPEONFORK``) or dies touching it (``MADV_DONTFORK``)."""
+def prove_fork(impl: Implementation) -> Result:
+    """A forked child is refused the parent's secret, can make and use its own, and dies of
+    SIGSEGV if it touches the parent's pages (``MADV_DONTFORK``: it has no mapping); the
+    parent's secret is intact afterwards."""
     with _probe.Probe() as p:
-        p.send(f"make {impl} {SIZE}")
+        before = _make(p, impl)["bytes"]
         a = p.send("fork 0")
-    refused = f"library refused use in the child: {a['refused']}"
-    if impl == "secretmem":
-        return _ok(
-            a["refused"] and a["signal"] == 11,
-            f"{refused}; raw read killed it by signal {a['signal']}",
-            **a,
-        )
+    intact = a.pop("bytes") == before
     return _ok(
-        a["refused"] and a["zero"] and not a["seen_secret"],
-        f"{refused}; raw read saw zeros: {a['zero']}",
+        a["refused"] and a["own_secret"] and a["exit_status"] == 0 and a["signal"] == 11 and intact,
+        f"library refused the parent's secret: {a['refused']}; child made its own: "
+        f"{a['own_secret']}; raw read in a child killed it by signal {a['signal']}; parent's "
+        f"secret intact: {intact}",
+        intact=intact,
         **a,
     )
 
 
-def prove_guards(impl: str) -> Result:
+def prove_guards(impl: Implementation) -> Result:
     """One byte past the end is SIGSEGV (guard page); one byte before is a CanaryError."""
-    if impl == "protected":
-        return Result("skip", "protected memory has no guard pages (use guarded)")
+    if not impl.guarded:
+        return Result("skip", f"{impl.name} memory has no guard pages (use guarded)")
     with _probe.Probe() as p:
-        p.send(f"make {impl} {SIZE}")
+        _make(p, impl)
         under = p.send("underflow 0")
-        p.send(f"make {impl} {SIZE}")
+        _make(p, impl)
         try:
             p.send("overflow 1")
             sig = None
@@ -215,144 +265,189 @@ def prove_guards(impl: str) -> Result:
     )
 
 
-def prove_direct_map(impl: str) -> Result:
-    """secretmem only: ``/proc/<pid>/mem`` cannot read the pages (the guarded control can)."""
-    if impl != "secretmem":
+def prove_direct_map(impl: Implementation) -> Result:
+    """``/proc/<pid>/mem`` cannot read the pages (a guarded control in the same child can)."""
+    if not impl.hidden_from_kernel:
         return Result("skip", "only secretmem pages leave the kernel's direct map")
     with _probe.Probe() as p:
-        a = p.send(f"make {impl} {SIZE}")
-        control_a = p.send(f"make guarded {SIZE}")
+        a = _make(p, impl)
+        control_a = _make(p, _implementations.GUARDED)
         scan = _inspect.scan_memory(p.pid, [a["bytes"], control_a["bytes"]])
     lo = a["inner"]
     unreadable = any(start <= lo < end for start, end, _ in scan.unreadable)
     found, seen = len(scan.found(a["bytes"])), len(scan.found(control_a["bytes"]))
     return _ok(
         unreadable and found == 0 and seen == 1,
-        f"secretmem range unreadable: {unreadable}, found {found}; guarded control found {seen}",
+        f"{impl.name} range unreadable: {unreadable}, found {found}; guarded control found {seen}",
         unreadable=unreadable,
         secret_hits=found,
         control_hits=seen,
     )
 
 
-def prove_memlock_budget(impl: str) -> Result:
-    """Over ``RLIMIT_MEMLOCK`` (a child without CAP_IPC_LOCK): MemoryLockError, nothing leaked,
-    both from the library's pre-check and from the kernel's own refusal."""
+MEMLOCK_PROOF_PAGES = 16
+
+
+def prove_memlock_budget(impl: Implementation) -> Result:
+    """Over ``RLIMIT_MEMLOCK`` (a child without CAP_IPC_LOCK): exactly as many secrets as the
+    limit holds, then MemoryLockError naming the limit, and nothing leaked."""
     reason = _probe.unprivileged_unavailable()
     if reason:
         return Result("skip", reason)
-    answers = {}
-    for how in ("precheck", "kernel"):
-        with _probe.Probe(memlock=16 * 4096) as p:
-            answers[how] = p.send(f"fill {impl} {SIZE} {how}")
-    ok, notes = True, []
-    for how, a in answers.items():
-        before, after = a["before"], a["after"]
-        same = all(before[k] == after[k] for k in ("live_secrets", "bytes_mapped", "bytes_locked"))
-        ok = ok and a["made"] > 0 and "RLIMIT_MEMLOCK" in a["error"] and same
-        ok = ok and a["vmlck"] == after["bytes_locked"]
-        notes.append(f"{how}: {a['made']} fit, then MemoryLockError (errno {a['errno']})")
-    ok = ok and answers["kernel"]["errno"] is not None
+    hard = memlock_budget().hard
+    limit = MEMLOCK_PROOF_PAGES * PAGE_SIZE
+    if hard is not None:
+        limit = min(hard, limit)
+    with _probe.Probe(memlock=limit) as p:
+        a = p.send(f"fill {impl.name} {SIZE}")
+    before, after = a["before"], a["after"]
+    same = all(before[k] == after[k] for k in ("live_secrets", "bytes_mapped", "bytes_locked"))
+    expected = limit // PAGE_SIZE
+    ok = (
+        a["made"] == expected
+        and "RLIMIT_MEMLOCK" in a["error"]
+        and same
+        and a["vmlck"] == after["bytes_locked"]
+        and a["errno"] is not None
+    )
     return _ok(
         ok,
-        "; ".join(notes) + " in 64 KiB; nothing leaked",
-        made=answers["precheck"]["made"],
-        made_kernel=answers["kernel"]["made"],
-        error=answers["precheck"]["error"],
-        kernel_errno=answers["kernel"]["errno"],
+        f"{a['made']} secrets fit in {limit // 1024} KiB (expected {expected}), then "
+        f"MemoryLockError (errno {a['errno']}); nothing leaked: {same}",
+        made=a["made"],
+        expected=expected,
+        error=a["error"],
+        errno=a["errno"],
     )
 
 
-PROOFS: dict[str, Callable[[str], Result]] = {
-    "locked in RAM": prove_locked,
-    "no access when idle": prove_no_access,
-    "not in a kernel core file": prove_kernel_core,
-    "not in a gcore dump": prove_gcore,
-    "wiped after close": prove_wiped_on_close,
-    "wiped after GC": prove_wiped_on_gc,
-    "hidden from forked child": prove_fork,
-    "guard pages and canary": prove_guards,
-    "out of the direct map": prove_direct_map,
-    "memlock budget enforced": prove_memlock_budget,
-}
+@dataclass(frozen=True)
+class Proof:
+    """One guarantee: its name in the table, how it is proven, how many secrets it locks."""
+
+    name: str
+    run: Callable[[Implementation], Result]
+    secrets: int  # locked secrets the child holds at once (its memlock need)
 
 
-def run(implementations: tuple[str, ...] = IMPLEMENTATIONS) -> dict[str, Any]:
+PROOFS: tuple[Proof, ...] = (
+    Proof("locked in RAM", prove_locked, 1),
+    Proof("no access when idle", prove_no_access, 1),
+    Proof("not in a kernel core file", prove_kernel_core, 2),
+    Proof("not in a gcore dump", prove_gcore, 2),
+    Proof("wiped after close", prove_wiped_on_close, 2),
+    Proof("wiped after GC", prove_wiped_on_gc, 2),
+    Proof("hidden from forked child", prove_fork, 2),
+    Proof("guard pages and canary", prove_guards, 2),
+    Proof("out of the direct map", prove_direct_map, 2),
+    Proof("memlock budget enforced", prove_memlock_budget, 0),
+)
+
+
+def _budget_skip(proof: Proof, impl: Implementation) -> Result | None:
+    """A skip if the memlock budget cannot hold the secrets ``proof`` needs, else None."""
+    need = proof.secrets * impl.layout(SIZE).locked
+    avail = memlock_budget().available()
+    if avail is None or need <= avail:
+        return None
+    return Result(
+        "skip",
+        f"needs {need} bytes of locked memory; RLIMIT_MEMLOCK allows {avail} more. Raise it "
+        f"with `ulimit -l {max(64, need // 1024 * 2)}` (KiB, up to the hard limit) or run as "
+        "root",
+    )
+
+
+def _run_proof(proof: Proof, impl: Implementation) -> Result:
+    skip = _budget_skip(proof, impl)
+    if skip is not None:
+        return skip
+    try:
+        return proof.run(impl)
+    except Exception as e:  # a proof that cannot run to the end has not held
+        return Result("fail", f"{type(e).__name__}: {e}")
+
+
+def _per_secret(impl: Implementation) -> dict[str, int]:
+    layout = impl.layout(SIZE)
+    return {"mapped": layout.mapped, "locked": layout.locked, "size": SIZE}
+
+
+def run(implementations: tuple[Implementation, ...] = IMPLEMENTATIONS) -> Report:
     """Run every proof for every implementation the host offers; return the report."""
-    report: dict[str, Any] = {"implementations": {}, "host": {}}
-    avail = secretmem.available()
+    reports = []
     for impl in implementations:
-        if impl == "secretmem" and not avail:
-            report["implementations"][impl] = {"unavailable": avail.reason}
+        reason = impl.unavailable()
+        if reason is not None:
+            reports.append(ImplementationReport(impl.name, unavailable=reason))
             continue
-        results: dict[str, Any] = {}
-        for name, proof in PROOFS.items():
-            try:
-                results[name] = asdict(proof(impl))
-            except Exception as e:  # a proof that cannot run to the end has not held
-                results[name] = asdict(Result("fail", f"{type(e).__name__}: {e}"))
-        with _probe.Probe() as p:
-            a = p.send(f"make {impl} {SIZE}")
-        report["implementations"][impl] = {
-            "proofs": results,
-            "per_secret": {"mapped": a["mapped"], "locked": a["inner_len"], "size": SIZE},
-        }
+        proofs = {proof.name: _run_proof(proof, impl) for proof in PROOFS}
+        reports.append(ImplementationReport(impl.name, None, proofs, _per_secret(impl)))
     st = stats()
-    report["memlock"] = {
-        "soft_limit": st.memlock_limit,
-        "hard_limit": st.memlock_hard_limit,
-        "exempt (CAP_IPC_LOCK)": st.memlock_exempt,
-        "locked by this process": st.process_locked,
-        "available": st.memlock_available,
-    }
-    report["host"] = {
-        "secretmem": avail.reason or "available",
-        "kernel core file": _inspect.kernel_core_unavailable() or "available",
-        "gcore": _inspect.gcore_unavailable() or "available",
-        "unprivileged child": _probe.unprivileged_unavailable() or "available",
-    }
-    report["ok"] = all(
-        r["status"] != "fail"
-        for impl in report["implementations"].values()
-        for r in impl.get("proofs", {}).values()
+    default, skipped = "none", []
+    for spec in _implementations.DEFAULT_ORDER:
+        why = spec.unavailable()
+        if why is None:
+            default = spec.name
+            break
+        skipped.append(f"{spec.name} unavailable: {why}")
+    return Report(
+        backend=BACKEND,
+        default=default + (f" ({'; '.join(skipped)})" if skipped else ""),
+        implementations=tuple(reports),
+        memlock={
+            "soft_limit": st.memlock_limit,
+            "hard_limit": st.memlock_hard_limit,
+            "exempt (CAP_IPC_LOCK)": st.memlock_exempt,
+            "locked by this process": st.process_locked,
+            "available": st.memlock_available,
+        },
+        host={
+            "kernel core file": _inspect.kernel_core_unavailable() or "available",
+            "gcore": _inspect.gcore_unavailable() or "available",
+            "unprivileged child": _probe.unprivileged_unavailable() or "available",
+            "mappings": f"{st.mappings} of vm.max_map_count {st.mappings_limit}",
+        },
     )
-    return report
 
 
-def format_table(report: dict[str, Any]) -> str:
+_MARK = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
+
+
+def format_table(report: Report) -> str:
     """The report as a table a person can read."""
-    impls = [i for i, v in report["implementations"].items() if "proofs" in v]
-    width = max(len(n) for n in PROOFS) + 2
-    lines = ["guarantee".ljust(width) + "".join(i.ljust(12) for i in impls)]
+    impls = [i for i in report.implementations if i.unavailable is None]
+    width = max(len(p.name) for p in PROOFS) + 2
+    lines = [
+        f"backend: {report.backend}; SecretFactory() makes: {report.default}",
+        "guarantee".ljust(width) + "".join(i.name.ljust(12) for i in impls),
+    ]
     skips: dict[str, str] = {}
-    for name in PROOFS:
-        row = name.ljust(width)
-        for impl in impls:
-            r = report["implementations"][impl]["proofs"][name]
-            row += {"pass": "PASS", "fail": "FAIL", "skip": "n/a"}[r["status"]].ljust(12)
-            if r["status"] == "skip":
-                skips.setdefault(name, r["detail"])
+    for proof in PROOFS:
+        row = proof.name.ljust(width)
+        for i in impls:
+            r = i.proofs[proof.name]
+            row += _MARK[r.status].ljust(12)
+            if r.status == "skip":
+                skips.setdefault(f"{proof.name} ({i.name})", r.detail)
         lines.append(row)
     lines.append(
         "per 32-byte secret".ljust(width)
-        + "".join(
-            "{mapped}/{locked}".format(**report["implementations"][i]["per_secret"]).ljust(12)
-            for i in impls
-        )
+        + "".join("{mapped}/{locked}".format(**(i.per_secret or {})).ljust(12) for i in impls)
         + " (bytes mapped/locked)"
     )
     lines.append("")
-    for impl, v in report["implementations"].items():
-        if "unavailable" in v:
-            lines.append(f"{impl}: unavailable: {v['unavailable']}")
-        for name, r in v.get("proofs", {}).items():
-            if r["status"] == "fail":
-                lines.append(f"FAIL {impl} / {name}: {r['detail']}")
+    for i in report.implementations:
+        if i.unavailable is not None:
+            lines.append(f"{i.name}: unavailable: {i.unavailable}")
+        for name, r in i.proofs.items():
+            if r.status == "fail":
+                lines.append(f"FAIL {i.name} / {name}: {r.detail}")
     for name, why in skips.items():
-        lines.append(f"n/a  {name}: {why}")
-    lines.append("memlock: " + ", ".join(f"{k} {v}" for k, v in report["memlock"].items()))
-    lines.append("host: " + ", ".join(f"{k}: {v}" for k, v in report["host"].items()))
-    lines.append("all claimed guarantees held" if report["ok"] else "SOME GUARANTEES FAILED")
+        lines.append(f"SKIP {name}: {why}")
+    lines.append("memlock: " + ", ".join(f"{k} {v}" for k, v in report.memlock.items()))
+    lines.append("host: " + ", ".join(f"{k}: {v}" for k, v in report.host.items()))
+    lines.append("all proofs that could run held" if report.ok else "SOME GUARANTEES FAILED")
     return "\n".join(lines)
 
 
@@ -363,12 +458,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
-        "--implementation", choices=IMPLEMENTATIONS, action="append", help="only these"
+        "--implementation",
+        choices=[i.name for i in IMPLEMENTATIONS],
+        action="append",
+        help="only these",
     )
     args = parser.parse_args(argv)
-    report = run(tuple(args.implementation or IMPLEMENTATIONS))
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0 if report["ok"] else 1
+    chosen = tuple(_implementations.get(n) for n in args.implementation or ()) or IMPLEMENTATIONS
+    report = run(chosen)
+    print(json.dumps(report.as_json(), indent=2) if args.json else format_table(report))
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -40,3 +40,12 @@ class CanaryError(SecureMemoryError):
 
     It is raised after the region has been wiped and freed: detection never skips the wipe.
     """
+
+
+class MapCountError(SecureMemoryError):
+    """The process ran out of memory mappings (Linux ``vm.max_map_count``).
+
+    Each secret takes two or three mappings, so near 32,000 live secrets the default limit of
+    65,530 is reached. The message gives the limit, the mappings in use and how to raise it.
+    Nothing is left mapped or counted when this is raised.
+    """

@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ._factory import SecretFactory as _Base
+from ._implementations import GUARDED, Implementation
 
 
 class SecretFactory(_Base):
     """Makes guarded secrets (``implementation == "guarded"``)."""
 
-    implementation: ClassVar[str] = "guarded"
-    _guarded: ClassVar[bool] = True
+    _spec: ClassVar[Implementation | None] = GUARDED
 
 
 __all__ = ["SecretFactory"]

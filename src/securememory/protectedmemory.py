@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ._factory import SecretFactory as _Base
+from ._implementations import PROTECTED, Implementation
 
 
 class SecretFactory(_Base):
     """Makes protected-memory secrets (``implementation == "protected"``)."""
 
-    implementation: ClassVar[str] = "protected"
-    _guarded: ClassVar[bool] = False
+    _spec: ClassVar[Implementation | None] = PROTECTED
 
 
 __all__ = ["SecretFactory"]

@@ -11,13 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from . import _region
 from ._factory import SecretFactory as _Base
+from ._implementations import SECRETMEM, Implementation
 
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether secretmem works here; ``bool()`` of it is ``ok``, ``reason`` says why not."""
+    """Whether the kernel offers secretmem; ``bool()`` of it is ``ok``, ``reason`` says why not.
+
+    Only the kernel's support is judged: a memlock budget too small for a secret is a
+    :class:`~securememory.MemoryLockError`, with the limit, when one is made.
+    """
 
     ok: bool
     reason: str
@@ -27,22 +31,16 @@ class Availability:
 
 
 def available() -> Availability:
-    """Whether this host can make secretmem secrets now, and why not (kernel, boot, budget)."""
-    reason = _region.secretmem_unavailable()
+    """Whether this host's kernel can make secretmem secrets, and why not."""
+    reason = SECRETMEM.unavailable()
     return Availability(reason is None, reason or "")
 
 
 class SecretFactory(_Base):
     """Makes secretmem secrets (``implementation == "secretmem"``); raises
-    :class:`securememory.UnsupportedPlatformError` with the reason where the host lacks it."""
+    :class:`securememory.UnsupportedPlatformError` with the reason where the kernel lacks it."""
 
-    implementation: ClassVar[str] = "secretmem"
-    _guarded: ClassVar[bool] = True
-    _secretmem: ClassVar[bool] = True
-
-    @classmethod
-    def _unavailable(cls) -> str | None:
-        return _region.secretmem_unavailable()
+    _spec: ClassVar[Implementation | None] = SECRETMEM
 
 
 __all__ = ["Availability", "SecretFactory", "available"]
