@@ -13,8 +13,8 @@ Commands (``ID`` is the number ``make`` answered):
 - ``control ID``: keeps a plain ``bytearray`` copy of the secret (the control for every scan).
 - ``hold ID`` / ``release ID``: begin / end an access held open by a background thread.
 - ``close ID``, ``drop ID`` (delete the last reference, ``gc.collect()``, report warnings).
-- ``peek ID`` / ``peek_in_access ID``: read the first byte at the data address with ctypes
-  (outside an access this kills the child with SIGSEGV).
+- ``peek ID`` / ``peek_in_access ID``: read the first byte at the data address as a buggy
+  program would (outside an access this kills the child with SIGSEGV).
 - ``stale_view ID`` / ``stale_slice ID [close]``: keep the view (a slice of it) past the
   access (and the close), use it.
 - ``fork ID``: fork twice. The first grandchild reports whether the library refused to use the

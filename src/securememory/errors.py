@@ -49,3 +49,13 @@ class MapCountError(SecureMemoryError):
     65,530 is reached. The message gives the limit, the mappings in use and how to raise it.
     Nothing is left mapped or counted when this is raised.
     """
+
+
+__all__ = [
+    "CanaryError",
+    "MapCountError",
+    "MemoryLockError",
+    "SecretClosedError",
+    "SecureMemoryError",
+    "UnsupportedPlatformError",
+]
