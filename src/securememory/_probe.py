@@ -10,6 +10,8 @@ Commands (``ID`` is the number ``make`` answered):
 
 - ``make IMPL SIZE``: ``create_random(SIZE)``; answers the region's addresses, then the bytes.
 - ``new IMPL SIZE``: reads SIZE raw bytes from stdin into a bytearray, ``new(bytearray)``.
+- ``read ID HOW``: reads the whole secret through its reader (``readline``, ``readlines``,
+  ``iter``, ``read``, ``read64``) and keeps what came back.
 - ``control ID``: keeps a plain ``bytearray`` copy of the secret (the control for every scan).
 - ``hold ID`` / ``release ID``: begin / end an access held open by a background thread.
 - ``close ID``, ``drop ID`` (delete the last reference, ``gc.collect()``, report warnings).
@@ -54,6 +56,7 @@ class _Child:
         self.controls: list[bytearray] = []
         self.holds: dict[int, tuple[threading.Thread, threading.Event]] = {}
         self.kept: list[memoryview] = []
+        self.kept_reads: list[bytes] = []
         self.ids = itertools.count()  # an id is never reused, even after a drop
 
     def reply(self, **answer: Any) -> None:
@@ -92,6 +95,23 @@ class _Child:
         while got < len(buf):
             got += os.readv(0, [memoryview(buf)[got:]])
         self.add(factory_for(impl).new(buf))
+
+    def do_read(self, key: str, how: str) -> None:
+        """Read the whole secret through its reader (``readline``, ``readlines``, ``iter``,
+        ``read`` or ``read64``) and keep what came back, as a user would."""
+        r = self.secrets[int(key)].reader()
+        if how == "readline":
+            out = list(iter(r.readline, b""))
+        elif how == "readlines":
+            out = r.readlines()
+        elif how == "iter":
+            out = list(r)
+        elif how == "read":
+            out = [r.read()]
+        else:
+            out = list(iter(lambda: r.read(64), b""))
+        self.kept_reads.extend(out)
+        self.reply(count=len(out))
 
     def do_control(self, key: str) -> None:
         self.controls.append(self.secrets[int(key)].with_bytes(bytearray))
