@@ -160,3 +160,41 @@ double floor_mprotect_among(struct regions *r, long batch) {
     }
     return (double)(now_ns() - t0) / (double)batch;
 }
+
+/* sodium_malloc(32) + sodium_free, batch times, called from C through the library's own
+ * function pointers (handed over by ctypes): the peer of a guarded create+close without any
+ * call overhead of ours. */
+double floor_sodium_malloc_free(void *(*sodium_malloc)(size_t), void (*sodium_free)(void *),
+                                long batch) {
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) {
+        void *p = sodium_malloc(32);
+        if (p == NULL) return -ENOMEM;
+        sodium_free(p);
+    }
+    return (double)(now_ns() - t0) / (double)batch;
+}
+
+#ifndef SYS_memfd_secret
+#define SYS_memfd_secret 447
+#endif
+#include <fcntl.h>
+#include <sys/syscall.h>
+
+/* The floor of a secretmem secret's life: memfd_secret + ftruncate(1 page) + mmap + munmap +
+ * close, batch times (the kernel's part; the pages are never touched, as ours are by the
+ * canary and the data). */
+double floor_secretmem_cycles(long batch) {
+    long page = page_size();
+    uint64_t t0 = now_ns();
+    for (long i = 0; i < batch; i++) {
+        int fd = (int)syscall(SYS_memfd_secret, (unsigned int)O_CLOEXEC);
+        if (fd < 0) return -errno;
+        if (ftruncate(fd, page) != 0) return -errno;
+        void *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED) return -errno;
+        if (munmap(p, page) != 0) return -errno;
+        close(fd);
+    }
+    return (double)(now_ns() - t0) / (double)batch;
+}

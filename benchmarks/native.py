@@ -95,6 +95,8 @@ class CFloor:
         self._regions_free = bind(lib, "floor_regions_free", None, vp)
         self._among = bind(lib, "floor_mprotect_among", dbl, vp, lng)
         self.spin_until = bind(lib, "spin_until", None, ctypes.POINTER(ctypes.c_int))
+        self._sodium_cycles = bind(lib, "floor_sodium_malloc_free", dbl, vp, vp, lng)
+        self._secretmem_cycles = bind(lib, "floor_secretmem_cycles", dbl, lng)
 
     def page_new(self) -> int:
         p: int | None = self._page_new()
@@ -126,6 +128,15 @@ class CFloor:
     def map_lock_cycles(self) -> CBatch:
         """``mmap`` + ``mlock`` + ``munlock`` + ``munmap`` of one page."""
         return lambda batch: _checked(self._maps(batch), "mmap/mlock/munlock/munmap")
+
+    def sodium_malloc_free(self, malloc_address: int, free_address: int) -> CBatch:
+        """``sodium_malloc(32)`` + ``sodium_free`` called from C (no ctypes call per op)."""
+        fn = self._sodium_cycles
+        return lambda batch: _checked(fn(malloc_address, free_address, batch), "sodium_malloc")
+
+    def secretmem_cycles(self) -> CBatch:
+        """``memfd_secret`` + ``ftruncate`` + ``mmap`` + ``munmap`` + ``close`` of one page."""
+        return lambda batch: _checked(self._secretmem_cycles(batch), "memfd_secret cycle")
 
     def bzero_32(self) -> CBatch:
         return lambda batch: _checked(self._bzero(batch), "explicit_bzero")

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import securememory
-from securememory import guarded, protectedmemory, secretmem
+from securememory._factory import factory_for as _factory_for
+from securememory._implementations import IMPLEMENTATIONS as _TABLE
+from securememory._implementations import get
 
 from .peers import SECRET
 from .timing import Op
 
-IMPLEMENTATIONS = ("protected", "guarded", "secretmem")
+IMPLEMENTATIONS = tuple(reversed([i.name for i in _TABLE]))  # protected, guarded, secretmem
 
 
 def unavailable(impl: str) -> str | None:
     """Why ``impl`` cannot run on this host, or ``None``."""
-    if impl == "secretmem":
-        avail = secretmem.available()
-        if not avail:
-            return f"secretmem unavailable: {avail.reason}"
-    return None
+    reason = get(impl).unavailable()
+    return None if reason is None else f"{impl} unavailable: {reason}"
 
 
 def factory_for(impl: str) -> securememory.SecretFactory:
     """The factory of one implementation by its ``implementation`` name."""
-    cls = {
-        "protected": protectedmemory.SecretFactory,
-        "guarded": guarded.SecretFactory,
-        "secretmem": secretmem.SecretFactory,
-    }[impl]
-    return cls()
+    return _factory_for(impl)
 
 
 def access(secret: securememory.Secret) -> Op:

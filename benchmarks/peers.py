@@ -28,6 +28,9 @@ class Sodium:
         self.readonly: Callable[[int], int] = bind(lib, "sodium_mprotect_readonly", i, vp)
         self.noaccess: Callable[[int], int] = bind(lib, "sodium_mprotect_noaccess", i, vp)
         self.version: str = bind(lib, "sodium_version_string", ctypes.c_char_p)().decode()
+        # the functions' own addresses, for the C floor to call them without ctypes in between
+        self.malloc_address = ctypes.cast(lib.sodium_malloc, vp).value or 0
+        self.free_address = ctypes.cast(lib.sodium_free, vp).value or 0
 
     @classmethod
     def load(cls) -> Sodium | str:

@@ -1,4 +1,4 @@
-"""Rows, ratios to the floor and the peer, the targets of issue 4, and the table/JSON/PNG output."""
+"""Rows, ratios to the floor and the peer, the targets (issue 10), and the table/JSON/PNG output."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from .timing import Stat
 
 # Implementation names of the reference rows.
 C, CTYPES, SODIUM, BYTEARRAY = "C", "ctypes", "libsodium", "bytearray"
+SODIUM_C = "libsodium from C"  # the peer's functions called in a C loop: no call overhead
 OURS = ("protected", "guarded", "secretmem")
 
 # Operations and cases.
 MPROTECT = "mprotect pair"
 MAPLOCK = "mmap+mlock+munlock+munmap"
+SECRETMEM_CYCLE = "memfd_secret+ftruncate+mmap+munmap+close"
 BZERO = "explicit_bzero"
 ACCESS = "access"
 CREATE_CLOSE = "create+close"
@@ -38,8 +40,9 @@ B32 = "32 bytes"
 FLOOR_TWO = "2 threads"
 PEER_CREATE = "malloc(32)+free"  # libsodium; bytearray uses the same case name
 
-ACCESS_TARGET_FLOOR_RATIO = 1.5  # target (a)
-CREATE_TARGET_PEER_RATIO = 1.0  # target (b)
+ACCESS_TARGET_FLOOR_RATIO = 1.3  # target (a)
+CREATE_TARGET_PEER_RATIO = 1.0  # target (b), against libsodium called from C
+HEAP_TARGET_BYTES = 512  # target (d): Python heap per live secret
 FLAT_TOLERANCE = 1.2  # target (c): "flat" read as access@N=10000 <= 1.2 x access@N=1
 FLAT_MAX_N = 10_000
 
@@ -81,6 +84,7 @@ class Row:
     n: int | None = None
     note: str = ""
     threads: int = 1
+    backend: str = ""  # securememory's backend for its own rows ("native"), else empty
     wall_ns_per_op: float | None = None  # threaded rows: wall time / all threads' ops
     floor_ref: str | None = None
     peer_ref: str | None = None
@@ -111,7 +115,7 @@ def references(row: Row) -> tuple[str | None, str | None]:
     op, case, impl = row.operation, row.case, row.implementation
     floor: str | None = None
     peer: str | None = None
-    if op in (MPROTECT, MAPLOCK, BZERO):
+    if op in (MPROTECT, MAPLOCK, BZERO, SECRETMEM_CYCLE):
         if impl == C:  # the floors themselves; the per-call floor is set against the tight loop
             return (row_id(op, ONE, C) if case == ONE_PER_CALL else None), None
         return row_id(op, case, C), None
@@ -130,12 +134,12 @@ def references(row: Row) -> tuple[str | None, str | None]:
         peer_case = {ONE_CM: ONE, TWO_SAME: TWO_DIFF}.get(case, case)
         peer = row_id(ACCESS, peer_case, SODIUM)
     elif op == CREATE_CLOSE:
-        floor = row_id(MAPLOCK, PAGE1, C)
-        peer = row_id(CREATE_CLOSE, PEER_CREATE, SODIUM)
+        floor = row_id(SECRETMEM_CYCLE if impl == "secretmem" else MAPLOCK, PAGE1, C)
+        peer = row_id(CREATE_CLOSE, PEER_CREATE, SODIUM_C)
     elif op == CREATE:
         floor = row_id(MAPLOCK, PAGE1, C)
         peer = row_id(CREATE, case, SODIUM)
-    if impl == SODIUM:
+    if impl in (SODIUM, SODIUM_C):
         peer = None
     return floor, peer
 
@@ -177,7 +181,9 @@ def _overall(checks: Sequence[dict[str, Any]]) -> str:
     return "met" if all(s == "met" for s in statuses) else "not met"
 
 
-def targets(rows: Sequence[Row], implementations: Iterable[str]) -> list[Target]:
+def targets(
+    rows: Sequence[Row], implementations: Iterable[str], heap: dict[str, float] | None = None
+) -> list[Target]:
     by_id = {r.id: r for r in rows}
     impls = list(implementations)
 
@@ -249,6 +255,21 @@ def targets(rows: Sequence[Row], implementations: Iterable[str]) -> list[Target]
                 check["status"] = "met" if flat <= FLAT_TOLERANCE else "not met"
         c_checks.append(check)
 
+    d_checks: list[dict[str, Any]] = []
+    for impl in impls:
+        per = (heap or {}).get(impl)
+        if per is None:
+            d_checks.append({"implementation": impl, "status": "not evaluated"})
+        else:
+            d_checks.append(
+                {
+                    "implementation": impl,
+                    "status": "met" if per <= HEAP_TARGET_BYTES else "not met",
+                    "heap_bytes_per_secret": per,
+                    "heap_bytes_max": HEAP_TARGET_BYTES,
+                }
+            )
+
     return [
         Target(
             "a",
@@ -259,7 +280,8 @@ def targets(rows: Sequence[Row], implementations: Iterable[str]) -> list[Target]
         ),
         Target(
             "b",
-            f"guarded create+close <= {CREATE_TARGET_PEER_RATIO}x sodium_malloc(32)+sodium_free",
+            f"guarded create+close <= {CREATE_TARGET_PEER_RATIO}x sodium_malloc(32)+sodium_free "
+            "called from C",
             _overall(b_checks),
             b_checks,
         ),
@@ -269,6 +291,12 @@ def targets(rows: Sequence[Row], implementations: Iterable[str]) -> list[Target]
             f"(access@maxN / access@N=1 <= {FLAT_TOLERANCE})",
             _overall(c_checks),
             c_checks,
+        ),
+        Target(
+            "d",
+            f"Python heap per live secret <= {HEAP_TARGET_BYTES} bytes (tracemalloc)",
+            _overall(d_checks),
+            d_checks,
         ),
     ]
 
@@ -290,12 +318,22 @@ def fmt_ratio(x: float | None) -> str:
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows (in their JSON form) as an aligned text table."""
-    head = ("operation", "case", "implementation", "median ns", "p10-p90 ns", "x floor", "x peer")
+    head = (
+        "operation",
+        "case",
+        "implementation",
+        "backend",
+        "median ns",
+        "p10-p90 ns",
+        "x floor",
+        "x peer",
+    )
     body = [
         (
             r["operation"],
             r["case"],
             r["implementation"],
+            r.get("backend") or "-",
             fmt_ns(r["median_ns"]),
             f"{fmt_ns(r['p10_ns'])}-{fmt_ns(r['p90_ns'])}",
             fmt_ratio(r["floor_ratio"]),
@@ -304,7 +342,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         for r in rows
     ]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-    right = {3, 4, 5, 6}
+    right = {4, 5, 6, 7}
 
     def line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -345,6 +383,11 @@ def targets_text(ts: Sequence[dict[str, Any]]) -> str:
                     )
                 extra = f" ({c['reason']})" if "reason" in c else ""
                 out.append(f"    {what}: {c['status']}{extra}: " + "; ".join(parts))
+            elif t["id"] == "d":
+                out.append(
+                    f"    {what}: {c['status']}: {c['heap_bytes_per_secret']:.0f} bytes "
+                    f"(<= {c['heap_bytes_max']})"
+                )
             elif t["id"] == "b":
                 out.append(
                     f"    {what}: {c['status']}: {fmt_ns(c['median_ns'])} ns = "
@@ -399,7 +442,9 @@ def chart(rows: Sequence[Row], path: Path) -> str | None:
             for c in cases
         ]
         if not all(math.isnan(v) for v in vals):
-            series.append((impl, vals))
+            backends = {by_id[k].backend for c in cases if (k := row_id(ACCESS, c, impl)) in by_id}
+            label = impl + "".join(f" ({b} backend)" for b in sorted(backends) if b)
+            series.append((label, vals))
     floor_vals = [
         by_id[k].median_ns if (k := row_id(MPROTECT, floor_case[c], C)) in by_id else math.nan
         for c in cases

@@ -90,6 +90,8 @@ class Run:
     footprints: list[Footprint] = field(default_factory=list)
 
     def add(self, operation: str, case: str, impl: str, stat: Stat, **kw: Any) -> R.Row:
+        if impl in R.OURS:
+            kw.setdefault("backend", securememory.stats().backend)
         row = R.Row.of(operation, case, impl, stat, **kw)
         self.rows.append(row)
         self.config.log(f"  {row.id}: {R.fmt_ns(row.median_ns)} ns")
@@ -260,9 +262,15 @@ def _create_close(run: Run, s: Subjects) -> None:
     if s.cfloor is not None:
         ms.append(_c(run, (R.MAPLOCK, R.PAGE1, R.C), s.cfloor.map_lock_cycles()))
     ms.append(_py(run, (R.MAPLOCK, R.PAGE1, R.CTYPES), s.ctypes_floor.map_lock_cycle()))
+    if s.cfloor is not None and "secretmem" in s.impls:
+        ms.append(_c(run, (R.SECRETMEM_CYCLE, R.PAGE1, R.C), s.cfloor.secretmem_cycles()))
     if s.sodium is not None:
         sodium = s.sodium
         ms.append(_py(run, (R.CREATE_CLOSE, R.PEER_CREATE, R.SODIUM), sodium.malloc_free()))
+        if s.cfloor is not None:
+            fn = s.cfloor.sodium_malloc_free(sodium.malloc_address, sodium.free_address)
+            key = (R.CREATE_CLOSE, R.PEER_CREATE, R.SODIUM_C)
+            ms.append(_c(run, key, fn, note="sodium_malloc(32)+sodium_free in a C loop"))
 
         def full_cycle() -> None:
             sodium.free(sodium.alloc(SECRET))
@@ -331,10 +339,33 @@ def _scale(run: Run, impls: Sequence[str], sodium: Sodium | str) -> dict[str, An
     return got
 
 
+def _heap_per_secret(run: Run, impls: Sequence[str]) -> dict[str, float]:
+    """Python heap per live secret (tracemalloc: the objects, their list slot included), with
+    1,000 (quick) or 10,000 secrets alive."""
+    import tracemalloc
+
+    n = 1_000 if run.config.quick else 10_000
+    out: dict[str, float] = {}
+    for impl in impls:
+        factory = factory_for(impl)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            made = [factory.create_random(32) for _ in range(n)]
+            out[impl] = (tracemalloc.get_traced_memory()[0] - before) / n
+        finally:
+            tracemalloc.stop()
+        for secret in made:
+            secret.close()
+        run.config.log(f"  Python heap per live {impl} secret: {out[impl]:.0f} bytes (N={n})")
+    return out
+
+
 def _order(rows: Sequence[R.Row]) -> list[R.Row]:
     """Floors first, then by operation and case, ours before peers, N ascending."""
-    ops = [R.MPROTECT, R.MAPLOCK, R.BZERO, R.ACCESS, R.CREATE_CLOSE, R.CREATE]
-    impls = [R.C, R.CTYPES, *R.OURS, R.SODIUM, R.BYTEARRAY]
+    ops = [R.MPROTECT, R.MAPLOCK, R.SECRETMEM_CYCLE, R.BZERO, R.ACCESS, R.CREATE_CLOSE, R.CREATE]
+    impls = [R.C, R.CTYPES, *R.OURS, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
     cases = list(R.CASE_ORDER)
     for r in rows:
         if r.case not in cases:
@@ -387,10 +418,11 @@ def run(config: Config) -> dict[str, Any]:
         if cfloor is not None:
             _floor_at_n(r, cfloor)
     memlock = _scale(r, impls, sodium)
+    heap = _heap_per_secret(r, impls)
 
     rows = _order(r.rows)
     R.apply_ratios(rows)
-    targets = R.targets(rows, impls)
+    targets = R.targets(rows, impls, heap)
     report: dict[str, Any] = {
         "meta": {
             "mode": "quick" if config.quick else "full",
@@ -422,6 +454,7 @@ def run(config: Config) -> dict[str, Any]:
         "results": [asdict(row) for row in rows],
         "footprint": [asdict(f) for f in r.footprints],
         "memlock_child": memlock,
+        "python_heap_per_secret": heap,
         "targets": [asdict(t) for t in targets],
     }
     if config.chart:

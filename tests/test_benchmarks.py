@@ -51,7 +51,15 @@ def _ids(report: dict[str, Any]) -> set[str]:
 
 def test_top_level_keys(run: tuple[dict[str, Any], str, Path]) -> None:
     report = _report(run)
-    assert set(report) == {"meta", "skipped", "results", "footprint", "memlock_child", "targets"}
+    assert set(report) == {
+        "meta",
+        "skipped",
+        "results",
+        "footprint",
+        "memlock_child",
+        "python_heap_per_secret",
+        "targets",
+    }
     meta = report["meta"]
     assert meta["mode"] == "quick"
     assert meta["rounds"] == 3
@@ -139,7 +147,7 @@ def test_ratios_are_consistent(run: tuple[dict[str, Any], str, Path]) -> None:
         assert with_floor > 0
     if "libsodium" not in skipped:
         assert by_id[R.row_id(R.CREATE_CLOSE, R.NEW, "guarded")]["peer_ref"] == R.row_id(
-            R.CREATE_CLOSE, R.PEER_CREATE, R.SODIUM
+            R.CREATE_CLOSE, R.PEER_CREATE, R.SODIUM_C
         )
         assert with_peer > 0
 
@@ -147,7 +155,7 @@ def test_ratios_are_consistent(run: tuple[dict[str, Any], str, Path]) -> None:
 def test_targets(run: tuple[dict[str, Any], str, Path]) -> None:
     report = _report(run)
     targets = {t["id"]: t for t in report["targets"]}
-    assert set(targets) == {"a", "b", "c"}
+    assert set(targets) == {"a", "b", "c", "d"}
     by_id = {r["id"]: r for r in report["results"]}
     for t in targets.values():
         assert t["status"] in STATUSES
@@ -162,7 +170,7 @@ def test_targets(run: tuple[dict[str, Any], str, Path]) -> None:
         parts = []
         if "floor_ratio" in c:
             assert c["floor_ratio"] == row["floor_ratio"]
-            parts.append(c["floor_ratio"] <= 1.5)
+            parts.append(c["floor_ratio"] <= R.ACCESS_TARGET_FLOOR_RATIO)
         if "peer_ratio" in c:
             assert c["peer_ratio"] == row["peer_ratio"]
             parts.append(c["peer_ratio"] < 1)
@@ -175,6 +183,10 @@ def test_targets(run: tuple[dict[str, Any], str, Path]) -> None:
         assert c["status"] == "not evaluated"
         assert c["max_n"] == max(SIZES)
         assert math.isclose(c["ratio"], c["access_ns_at_max_n"] / c["access_ns_at_1"])
+    heap = report["python_heap_per_secret"]
+    for c in targets["d"]["checks"]:
+        assert c["heap_bytes_per_secret"] == heap[c["implementation"]] > 0
+        assert (c["status"] == "met") == (c["heap_bytes_per_secret"] <= R.HEAP_TARGET_BYTES)
 
 
 def test_footprint_and_memlock_child(run: tuple[dict[str, Any], str, Path]) -> None:
