@@ -296,7 +296,7 @@ def unprivileged_unavailable() -> str | None:
                 "-c",
                 "import securememory._process as p; print(p.memlock_budget().exempt)",
             ],
-            preexec_fn=lambda: _unprivileged(1 << 20),
+            preexec_fn=lambda: _unprivileged(_process.PAGE_SIZE),
             capture_output=True,
             text=True,
             timeout=60,
@@ -309,7 +309,14 @@ def unprivileged_unavailable() -> str | None:
 
 
 def _unprivileged(memlock: int) -> None:
-    """In a forked child before exec: a small ``RLIMIT_MEMLOCK`` and, as root, no CAP_IPC_LOCK."""
+    """In a forked child before exec: a small ``RLIMIT_MEMLOCK`` and, as root, no CAP_IPC_LOCK.
+
+    ``memlock`` is capped at the current hard limit: only ``CAP_SYS_RESOURCE`` may raise it, and
+    a process already held to a small limit (a user, or root without the capability) keeps it.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    if hard != resource.RLIM_INFINITY:
+        memlock = min(memlock, hard)
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
     if os.geteuid() == 0:
         _process.drop_ipc_lock_capability()

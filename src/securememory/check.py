@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 from . import _implementations, _inspect, _probe
 from ._implementations import IMPLEMENTATIONS, Implementation
-from ._process import BACKEND, PAGE_SIZE, memlock_budget, stats
+from ._process import BACKEND, PAGE_SIZE, MemlockBudget, memlock_budget, stats
 
 SIZE = 32
 Status = Literal["pass", "fail", "skip"]
@@ -243,10 +243,19 @@ def prove_fork(impl: Implementation) -> Result:
     )
 
 
+def _no_guards(impl: Implementation) -> str | None:
+    return None if impl.guarded else f"{impl.name} memory has no guard pages (use guarded)"
+
+
+def _in_direct_map(impl: Implementation) -> str | None:
+    return None if impl.hidden_from_kernel else "only secretmem pages leave the kernel's direct map"
+
+
 def prove_guards(impl: Implementation) -> Result:
     """One byte past the end is SIGSEGV (guard page); one byte before is a CanaryError."""
-    if not impl.guarded:
-        return Result("skip", f"{impl.name} memory has no guard pages (use guarded)")
+    reason = _no_guards(impl)
+    if reason:
+        return Result("skip", reason)
     with _probe.Probe() as p:
         _make(p, impl)
         under = p.send("underflow 0")
@@ -267,8 +276,9 @@ def prove_guards(impl: Implementation) -> Result:
 
 def prove_direct_map(impl: Implementation) -> Result:
     """``/proc/<pid>/mem`` cannot read the pages (a guarded control in the same child can)."""
-    if not impl.hidden_from_kernel:
-        return Result("skip", "only secretmem pages leave the kernel's direct map")
+    reason = _in_direct_map(impl)
+    if reason:
+        return Result("skip", reason)
     with _probe.Probe() as p:
         a = _make(p, impl)
         control_a = _make(p, _implementations.GUARDED)
@@ -328,6 +338,7 @@ class Proof:
     name: str
     run: Callable[[Implementation], Result]
     secrets: int  # locked secrets the child holds at once (its memlock need)
+    not_for: Callable[[Implementation], str | None] = lambda impl: None  # why it does not apply
 
 
 PROOFS: tuple[Proof, ...] = (
@@ -338,27 +349,51 @@ PROOFS: tuple[Proof, ...] = (
     Proof("wiped after close", prove_wiped_on_close, 2),
     Proof("wiped after GC", prove_wiped_on_gc, 2),
     Proof("hidden from forked child", prove_fork, 2),
-    Proof("guard pages and canary", prove_guards, 2),
-    Proof("out of the direct map", prove_direct_map, 2),
+    Proof("guard pages and canary", prove_guards, 2, _no_guards),
+    Proof("out of the direct map", prove_direct_map, 2, _in_direct_map),
     Proof("memlock budget enforced", prove_memlock_budget, 0),
 )
+
+
+RECOMMENDED_MEMLOCK_KIB = 64  # every proof runs, the memlock proof with its 16 pages
+
+
+def _kib(n: int | None) -> str:
+    return "unlimited" if n is None else f"{n // 1024} KiB"
+
+
+def how_to_raise(budget: MemlockBudget, need: int) -> str:
+    """How a user lets ``need`` more bytes be locked: ``ulimit -l`` while the hard limit allows,
+    else what root must change (limits.conf, systemd's ``LimitMEMLOCK``)."""
+    kib = max(RECOMMENDED_MEMLOCK_KIB, -(-(need + (budget.locked or 0)) // 1024))
+    if budget.hard is None or budget.hard >= kib * 1024:
+        return f"raise it with `ulimit -l {kib}` (KiB) in the shell that runs the program"
+    return (
+        f"the hard limit ({_kib(budget.hard)}) is below that, and only root can raise it: "
+        f"`<user> hard memlock {kib}` in /etc/security/limits.conf (then log in again), "
+        f"`LimitMEMLOCK={kib}K` in a systemd unit, or a process with CAP_IPC_LOCK"
+    )
 
 
 def _budget_skip(proof: Proof, impl: Implementation) -> Result | None:
     """A skip if the memlock budget cannot hold the secrets ``proof`` needs, else None."""
     need = proof.secrets * impl.layout(SIZE).locked
-    avail = memlock_budget().available()
+    budget = memlock_budget()
+    avail = budget.available()
     if avail is None or need <= avail:
         return None
     return Result(
         "skip",
-        f"needs {need} bytes of locked memory; RLIMIT_MEMLOCK allows {avail} more. Raise it "
-        f"with `ulimit -l {max(64, need // 1024 * 2)}` (KiB, up to the hard limit) or run as "
-        "root",
+        f"needs {need} bytes of locked memory; RLIMIT_MEMLOCK is {_kib(budget.soft)} (hard "
+        f"{_kib(budget.hard)}), {avail} bytes left: {how_to_raise(budget, need)}",
+        {"need": need, "available": avail, "soft_limit": budget.soft, "hard_limit": budget.hard},
     )
 
 
 def _run_proof(proof: Proof, impl: Implementation) -> Result:
+    reason = proof.not_for(impl)
+    if reason is not None:
+        return Result("skip", reason)
     skip = _budget_skip(proof, impl)
     if skip is not None:
         return skip
@@ -414,40 +449,64 @@ def run(implementations: tuple[Implementation, ...] = IMPLEMENTATIONS) -> Report
 _MARK = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
 
 
-def format_table(report: Report) -> str:
-    """The report as a table a person can read."""
+def _table_rows(report: Report) -> list[str]:
     impls = [i for i in report.implementations if i.unavailable is None]
     width = max(len(p.name) for p in PROOFS) + 2
-    lines = [
-        f"backend: {report.backend}; SecretFactory() makes: {report.default}",
-        "guarantee".ljust(width) + "".join(i.name.ljust(12) for i in impls),
-    ]
-    skips: dict[str, str] = {}
+    rows = ["guarantee".ljust(width) + "".join(i.name.ljust(12) for i in impls)]
     for proof in PROOFS:
-        row = proof.name.ljust(width)
-        for i in impls:
-            r = i.proofs[proof.name]
-            row += _MARK[r.status].ljust(12)
-            if r.status == "skip":
-                skips.setdefault(f"{proof.name} ({i.name})", r.detail)
-        lines.append(row)
-    lines.append(
+        marks = "".join(_MARK[i.proofs[proof.name].status].ljust(12) for i in impls)
+        rows.append(proof.name.ljust(width) + marks)
+    rows.append(
         "per 32-byte secret".ljust(width)
         + "".join("{mapped}/{locked}".format(**(i.per_secret or {})).ljust(12) for i in impls)
         + " (bytes mapped/locked)"
     )
-    lines.append("")
+    return rows
+
+
+def _grouped(report: Report, status: Status) -> dict[str, list[str]]:
+    """``detail -> ["proof (implementation)", ...]`` for every result with ``status``."""
+    groups: dict[str, list[str]] = {}
     for i in report.implementations:
-        if i.unavailable is not None:
-            lines.append(f"{i.name}: unavailable: {i.unavailable}")
         for name, r in i.proofs.items():
-            if r.status == "fail":
-                lines.append(f"FAIL {i.name} / {name}: {r.detail}")
-    for name, why in skips.items():
-        lines.append(f"SKIP {name}: {why}")
+            if r.status == status:
+                groups.setdefault(r.detail, []).append(f"{name} ({i.name})")
+    return groups
+
+
+def _counts(report: Report) -> dict[str, int]:
+    counts = {"pass": 0, "fail": 0, "skip": 0}
+    for i in report.implementations:
+        for r in i.proofs.values():
+            counts[r.status] += 1
+    return counts
+
+
+def _verdict(report: Report) -> str:
+    c = _counts(report)
+    ran = f"{c['pass'] + c['fail']} ran, {c['skip']} skipped"
+    if report.ok:
+        return f"all proofs that could run held ({ran})"
+    return f"SOME GUARANTEES FAILED: {c['fail']} proofs ({ran})"
+
+
+def format_table(report: Report) -> str:
+    """The report as a table a person can read; identical skip reasons are given once."""
+    lines = [f"backend: {report.backend}; SecretFactory() makes: {report.default}"]
+    lines += _table_rows(report)
+    lines.append("")
+    lines += [
+        f"{i.name}: unavailable: {i.unavailable}"
+        for i in report.implementations
+        if i.unavailable is not None
+    ]
+    for detail, where in _grouped(report, "fail").items():
+        lines.append(f"FAIL {', '.join(where)}: {detail}")
+    for detail, where in _grouped(report, "skip").items():
+        lines.append(f"SKIP {', '.join(where)}: {detail}")
     lines.append("memlock: " + ", ".join(f"{k} {v}" for k, v in report.memlock.items()))
     lines.append("host: " + ", ".join(f"{k}: {v}" for k, v in report.host.items()))
-    lines.append("all proofs that could run held" if report.ok else "SOME GUARANTEES FAILED")
+    lines.append(_verdict(report))
     return "\n".join(lines)
 
 
