@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import require, skip_unless_available
 
-from securememory import check
+from securememory import _inspect, _probe, check
 from securememory._implementations import IMPLEMENTATIONS, get
+from securememory._process import MemlockBudget
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,3 +74,143 @@ def test_check_fails_when_a_proof_fails(monkeypatch: pytest.MonkeyPatch) -> None
 def test_usage() -> None:
     out = _run()
     assert out.returncode == 2 and "usage" in out.stderr
+
+
+# -- `securememory check` as a user held to a small RLIMIT_MEMLOCK (issue 13) ------------------
+
+LIMITS = [0, 4096, 16384, 65536]
+
+
+def _as_user(soft: int, hard: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python *args`` in a child held to ``RLIMIT_MEMLOCK`` (soft, hard) without
+    CAP_IPC_LOCK: what a user who is not root gets (as root, the child drops the capability)."""
+    require(_probe.unprivileged_unavailable(), "a child without CAP_IPC_LOCK")
+
+    def limit() -> None:
+        _probe._unprivileged(hard)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
+
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=limit,
+    )
+
+
+CHECK = ("-m", "securememory", "check")
+# The control: the same command with the memlock skip removed, so every proof runs into the limit
+NO_SKIP = (
+    "-c",
+    "import sys; from securememory import check; check._budget_skip = lambda p, i: None; "
+    "sys.exit(check.main(sys.argv[1:]))",
+)
+CHOSEN = ("--implementation", "guarded")  # guard pages and canary too; one keeps the test short
+
+
+def _expected(limit: int, impl: str) -> dict[str, str]:
+    """What each proof of ``impl`` must say under ``limit``: SKIP if it does not apply or the
+    host lacks a tool, SKIP if its secrets need more than ``limit``, else PASS."""
+    spec = get(impl)
+    host_skips = {
+        "not in a kernel core file": _inspect.kernel_core_unavailable(),
+        "not in a gcore dump": _inspect.gcore_unavailable(),
+    }
+    out = {}
+    for proof in check.PROOFS:
+        need = proof.secrets * spec.layout(check.SIZE).locked
+        skip = proof.not_for(spec) or host_skips.get(proof.name) or need > limit
+        out[proof.name] = "skip" if skip else "pass"
+    return out
+
+
+def _impls_here() -> list[str]:
+    skip_unless_available("guarded")
+    return ["guarded"]
+
+
+@pytest.mark.parametrize("limit", LIMITS)
+def test_check_text_under_small_memlock(limit: int) -> None:
+    """Under each limit: no FAIL, no traceback, exit 0; every proof whose secrets fit runs and
+    PASSes, every other SKIPs with the limit and how root raises the hard limit."""
+    impls = _impls_here()
+    out = _as_user(limit, limit, *CHECK, *CHOSEN)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "FAIL" not in out.stdout, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[-1].startswith("all proofs that could run held (")
+    columns = lines[1].split()[1:]
+    for proof in check.PROOFS:
+        row = next(line for line in lines if line.startswith(proof.name + "  "))
+        marks = dict(zip(columns, row[len(proof.name) :].split()))
+        for name in impls:
+            assert marks[name] == _expected(limit, name)[proof.name].upper(), (proof.name, row)
+    memlock_skips = [line for line in lines if "bytes of locked memory" in line]
+    assert bool(memlock_skips) == (limit < 8192), out.stdout
+    for line in memlock_skips:
+        assert line.startswith("SKIP ") and f"RLIMIT_MEMLOCK is {limit // 1024} KiB" in line
+        assert "limits.conf" in line and "LimitMEMLOCK=64K" in line, line
+
+
+@pytest.mark.parametrize("limit", LIMITS)
+def test_check_json_under_small_memlock(limit: int) -> None:
+    """``--json`` says the same: ok, each proof's status as expected, skips with evidence."""
+    impls = _impls_here()
+    out = _as_user(limit, limit, *CHECK, "--json", *CHOSEN)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["ok"] is True
+    assert (
+        report["memlock"]["soft_limit"] == limit and not report["memlock"]["exempt (CAP_IPC_LOCK)"]
+    )
+    for name in impls:
+        proofs = report["implementations"][name]["proofs"]
+        assert {n: r["status"] for n, r in proofs.items()} == _expected(limit, name)
+        for r in proofs.values():
+            if "need" in r["evidence"]:
+                assert r["evidence"]["soft_limit"] == limit and r["evidence"]["need"] > limit
+                assert "limits.conf" in r["detail"]
+
+
+def test_check_soft_limit_below_hard_says_ulimit() -> None:
+    """A soft limit under a larger hard limit: the user can raise it, and is told `ulimit -l`."""
+    _impls_here()
+    out = _as_user(4096, 65536, *CHECK, *CHOSEN)
+    assert out.returncode == 0, out.stdout + out.stderr
+    skips = [line for line in out.stdout.splitlines() if "bytes of locked memory" in line]
+    assert skips and all("`ulimit -l 64`" in s and "limits.conf" not in s for s in skips), skips
+
+
+@pytest.mark.parametrize(("limit", "as_json"), [(0, False), (4096, True)], ids=["text", "json"])
+def test_check_control_proofs_past_the_limit_fail(limit: int, as_json: bool) -> None:
+    """Control: with the memlock skip removed, the same proofs run into the limit for real and
+    fail, and the exit status is 1: the SKIPs above are what keeps it 0, not a constant."""
+    _impls_here()
+    args = ("--json",) if as_json else ()
+    out = _as_user(limit, limit, *NO_SKIP, *args, *CHOSEN)
+    assert out.returncode == 1, out.stdout + out.stderr
+    if as_json:
+        report = json.loads(out.stdout)
+        assert report["ok"] is False
+        fails = [
+            r["detail"]
+            for i in report["implementations"].values()
+            for r in i.get("proofs", {}).values()
+            if r["status"] == "fail"
+        ]
+    else:
+        assert "SOME GUARANTEES FAILED" in out.stdout
+        fails = [line for line in out.stdout.splitlines() if line.startswith("FAIL ")]
+    assert fails and any("RLIMIT_MEMLOCK" in f or "MemoryLockError" in f for f in fails), fails
+
+
+def test_how_to_raise() -> None:
+    """The advice follows the hard limit: `ulimit -l` when it allows, else what root changes."""
+    free = MemlockBudget(4096, None, False, 0)
+    assert "`ulimit -l 64`" in check.how_to_raise(free, 8192)
+    capped = MemlockBudget(4096, 4096, False, 0)
+    advice = check.how_to_raise(capped, 8192)
+    assert "limits.conf" in advice and "LimitMEMLOCK=64K" in advice and "ulimit" not in advice
+    big = MemlockBudget(0, None, False, 4096)
+    assert "`ulimit -l 132`" in check.how_to_raise(big, 128 * 1024)
