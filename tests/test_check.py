@@ -23,6 +23,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # every proof of every implementation
 def test_check_json_every_implementation() -> None:
     out = _run("check", "--json")
     report = json.loads(out.stdout)
@@ -130,6 +131,7 @@ def _impls_here() -> list[str]:
     return ["guarded"]
 
 
+@pytest.mark.slow  # runs securememory check under a small limit
 @pytest.mark.parametrize("limit", LIMITS)
 def test_check_text_under_small_memlock(limit: int) -> None:
     """Under each limit: no FAIL, no traceback, exit 0; every proof whose secrets fit runs and
@@ -153,6 +155,7 @@ def test_check_text_under_small_memlock(limit: int) -> None:
         assert "limits.conf" in line and "LimitMEMLOCK=64K" in line, line
 
 
+@pytest.mark.slow  # runs securememory check under a small limit
 @pytest.mark.parametrize("limit", LIMITS)
 def test_check_json_under_small_memlock(limit: int) -> None:
     """``--json`` says the same: ok, each proof's status as expected, skips with evidence."""
@@ -173,6 +176,7 @@ def test_check_json_under_small_memlock(limit: int) -> None:
                 assert "limits.conf" in r["detail"]
 
 
+@pytest.mark.slow  # runs securememory check under a small limit
 def test_check_soft_limit_below_hard_says_ulimit() -> None:
     """A soft limit under a larger hard limit: the user can raise it, and is told `ulimit -l`."""
     _impls_here()
@@ -182,6 +186,7 @@ def test_check_soft_limit_below_hard_says_ulimit() -> None:
     assert skips and all("`ulimit -l 64`" in s and "limits.conf" not in s for s in skips), skips
 
 
+@pytest.mark.slow  # runs securememory check under a small limit
 @pytest.mark.parametrize(("limit", "as_json"), [(0, False), (4096, True)], ids=["text", "json"])
 def test_check_control_proofs_past_the_limit_fail(limit: int, as_json: bool) -> None:
     """Control: with the memlock skip removed, the same proofs run into the limit for real and

@@ -93,6 +93,7 @@ FORK_HOLE = """
 """
 
 
+@pytest.mark.slow  # ~30 s each; full suite on the default Python
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_fork_child_never_touches_inherited_ranges(impl: str) -> None:
     """Issue 9 item 1. A forked child holds the parent's Secret objects over an address hole
@@ -205,6 +206,7 @@ FORK_THREAD = """
 """
 
 
+@pytest.mark.slow  # ~20 s each
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_fork_while_another_thread_is_inside_an_access(impl: str) -> None:
     """Issue 9 item 3. fork() while a thread loops in and out of an access: the child exits
@@ -234,6 +236,7 @@ DAEMON_AT_EXIT = """
 """
 
 
+@pytest.mark.slow  # ~25 s each
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_daemon_thread_inside_an_access_at_exit(impl: str) -> None:
     """Issue 9 item 7. A daemon thread loops inside accesses while the interpreter exits: exit

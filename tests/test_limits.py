@@ -45,6 +45,7 @@ MAP_WALL = """
 """
 
 
+@pytest.mark.slow  # tens of thousands of mappings
 def test_map_count_wall_is_named(impl: str) -> None:
     """Item 11. Secrets until the kernel's mapping limit: a MapCountError that names
     vm.max_map_count, its value and how to raise it; ``stats()`` shows the budget; after
