@@ -15,7 +15,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #ifndef _GNU_SOURCE
-#define _GNU_SOURCE
+#define _GNU_SOURCE 1 /* as pyconfig.h of 3.9 and 3.10 defines it: no redefinition warning */
 #endif
 #include <Python.h>
 
