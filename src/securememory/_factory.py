@@ -16,7 +16,15 @@ from typing import Any, Callable, ClassVar
 
 from . import _implementations, _ingress, _process
 from ._implementations import Implementation
-from ._secret import Secret, check_size, copy_bytes, create, scratch, wipe_buffer
+from ._secret import (
+    Secret,
+    check_size,
+    copy_bytes,
+    create,
+    scratch,
+    take_environ,
+    wipe_buffer,
+)
 from .errors import UnsupportedPlatformError
 
 _log = logging.getLogger("securememory")
@@ -189,6 +197,55 @@ class SecretFactory:
             return os.readv(fd, [b])
 
         return self._read_line(read_into, n, until, "standard input")
+
+    def from_env(self, name: str) -> Secret:
+        """Move the environment variable ``name``'s value into a new secret, and out of the
+        environment.
+
+        The value is copied from ``os.environ``'s own ``bytes`` object straight into the
+        secret's pages (no ``str`` is made). Then the variable is removed from ``os.environ`` and
+        from the C environment, and these copies are overwritten before they are let go: the C
+        string ``getenv`` returns; the ``NAME=`` string of the initial environment block (the one
+        ``/proc/<pid>/environ`` shows, blanked there too), also when the variable was set again
+        since; Python's ``bytes`` object of the value, when nobody else holds it.
+
+        Not wiped, because the library cannot reach them: the environment of the parent process
+        and of the shell that started this one (and their shell history, ``ps e`` output while
+        they run), any ``str`` the program made by reading ``os.environ[name]`` or
+        ``os.getenv(name)`` before this call (alive or in freed memory), ``os.environ.copy()``
+        and other references the program holds, and copies a C library made. Call it early, at
+        start-up, before other threads run (another thread's ``getenv`` may see it emptied).
+
+        Raises ``KeyError`` if the variable is not set, ``ValueError`` if it is empty (it is
+        then left as it is) or its name is invalid, ``TypeError`` for a name that is not a
+        ``str``.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"invalid environment variable name {name!r}")
+        data = getattr(os.environ, "_data", None)
+        if not isinstance(data, dict):
+            raise UnsupportedPlatformError(
+                "os.environ is not the standard mapping of bytes on this platform"
+            )
+        key = os.fsencode(name)
+        value = data.get(key)
+        if value is None:
+            raise KeyError(f"environment variable {name!r} is not set")
+        if not isinstance(value, bytes):
+            raise UnsupportedPlatformError("os.environ does not hold its values as bytes here")
+        size = len(value)
+        del value  # no reference of ours may keep it alive past the wipe
+        if size == 0:
+            raise ValueError(f"environment variable {name!r} is empty")
+
+        def fill(view: memoryview) -> None:
+            copy_bytes(view, data[key])
+
+        secret = self._create(check_size(size), fill)
+        take_environ(key, data, key)
+        return secret
 
     def _read_line(
         self, read_into: Callable[[memoryview], Any], limit: int, until: object, what: str
