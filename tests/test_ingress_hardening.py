@@ -125,8 +125,15 @@ class _Lying(io.RawIOBase):
 
 @pytest.mark.parametrize(
     ("answer", "error"),
-    [(-1, OSError), (-5, OSError), (33, OSError), (1 << 40, OSError), (2.0, TypeError),
-     ("3", TypeError), (True, TypeError)],
+    [
+        (-1, OSError),
+        (-5, OSError),
+        (33, OSError),
+        (1 << 40, OSError),
+        (2.0, TypeError),
+        ("3", TypeError),
+        (True, TypeError),
+    ],
 )
 def test_bad_readinto_counts_are_refused_at_once(
     factory: securememory.SecretFactory, answer: object, error: type[Exception]
@@ -164,14 +171,14 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "bytearray": lambda: bytearray(range(1, 33)),
     "memoryview": lambda: memoryview(bytearray(range(1, 33))),
     "array.array I": lambda: array.array("I", range(1, 9)),
-    "ctypes c_char": lambda: CHARS(*range(1, 33)),
+    "ctypes c_char": lambda: CHARS.from_buffer_copy(bytes(range(1, 33))),
     "ctypes c_uint32 <I": lambda: U32_LE(*range(1, 9)),
     "ctypes c_uint32 native": lambda: U32(*range(1, 9)),
     "ctypes c_uint32 >I": lambda: U32_BE(*range(1, 9)),
     "ctypes Structure": lambda: _Pair(0x01020304, 0x05060708),
     "ctypes BigEndianStructure": lambda: _BigPair(0x01020304, 0x05060708),
     "ctypes array of Structure": lambda: (_Pair * 4)(*[_Pair(i, i + 1) for i in range(1, 5)]),
-    "ctypes 2-d array": lambda: ((ctypes.c_uint16 * 4) * 4)(*[(i, i, i, i) for i in range(1, 5)]),
+    "ctypes 2-d array": lambda: ((ctypes.c_uint16 * 4) * 4).from_buffer_copy(bytes(range(1, 33))),
 }
 
 
@@ -214,8 +221,15 @@ def _strided(make: Callable[[], Any]) -> Callable[[], tuple[Any, memoryview]]:
     return build
 
 
-for _name in ("bytearray", "array.array I", "ctypes c_char", "ctypes c_uint32 <I",
-              "ctypes c_uint32 >I", "ctypes c_uint32 native", "ctypes array of Structure"):
+for _name in (
+    "bytearray",
+    "array.array I",
+    "ctypes c_char",
+    "ctypes c_uint32 <I",
+    "ctypes c_uint32 >I",
+    "ctypes c_uint32 native",
+    "ctypes array of Structure",
+):
     STRIDED[_name + " [::2]"] = _strided(SOURCES[_name])
 
 
@@ -231,6 +245,7 @@ def test_strided_sources_are_refused_and_wiped(
     with pytest.raises(ValueError, match="C-contiguous"):
         factory.new(view)
     after = _raw(owner)
+    assert view.strides is not None and view.shape is not None
     step, item = view.strides[0], view.itemsize
     covered = {i * step + k for i in range(view.shape[0]) for k in range(item)}
     assert all(after[i] == 0 for i in covered), f"{kind}: the items of the view were not wiped"

@@ -9,6 +9,7 @@ Controls: the same child reading the value the ordinary way (``sys.stdin.buffer.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -100,16 +101,13 @@ def test_stream_line_bad_input_leaves_nothing(factory: securememory.SecretFactor
 def stdin_pipe(monkeypatch: pytest.MonkeyPatch) -> Any:
     """``sys.stdin`` on the read end of a pipe; yields the write end's fd (closed at the end)."""
     r, w = os.pipe()
-    stdin = open(r, encoding="ascii", closefd=True)  # a text wrapper, as sys.stdin is
-    monkeypatch.setattr(sys, "stdin", stdin)
-    try:
-        yield w
-    finally:
-        stdin.close()
+    with open(r, encoding="ascii", closefd=True) as stdin:  # a text wrapper, as sys.stdin is
+        monkeypatch.setattr(sys, "stdin", stdin)
         try:
-            os.close(w)
-        except OSError:
-            pass
+            yield w
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(w)
 
 
 def test_stdin_reads_a_line_and_leaves_the_rest(
@@ -179,9 +177,9 @@ def test_stdin_missing_or_closed(
         factory.from_stdin()
     r, w = os.pipe()
     os.close(w)
-    stdin = open(r, "rb", buffering=0)
-    monkeypatch.setattr(sys, "stdin", stdin)
-    stdin.close()  # closed after it was installed: fileno() refuses
+    with open(r, "rb", buffering=0) as stdin:
+        monkeypatch.setattr(sys, "stdin", stdin)
+    # closed after it was installed: fileno() refuses
     with pytest.raises(OSError, match="no standard input"):
         factory.from_stdin()
     assert _usage() == base

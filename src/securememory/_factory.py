@@ -190,7 +190,9 @@ class SecretFactory:
                 raise ValueError("sys.stdin is None")
             fd = stdin.fileno()
         except (ValueError, OSError) as e:  # None, closed, or not backed by a descriptor
-            raise OSError(errno.EBADF, f"there is no standard input to read a secret from ({e})")
+            raise OSError(
+                errno.EBADF, f"there is no standard input to read a secret from ({e})"
+            ) from None
         n = check_size(max_size)
 
         def read_into(b: memoryview) -> int:
