@@ -179,6 +179,7 @@ SOURCES: dict[str, Callable[[], Any]] = {
     "ctypes c_uint32 <I": lambda: U32_LE(*range(1, 9)),
     "ctypes c_uint32 native": lambda: U32(*range(1, 9)),
     "ctypes c_uint32 >I": lambda: U32_BE(*range(1, 9)),
+    "ctypes c_uint32 scalar": lambda: ctypes.c_uint32(0x01020304),
     "ctypes Structure": lambda: _Pair(0x01020304, 0x05060708),
     "ctypes BigEndianStructure": lambda: _BigPair(0x01020304, 0x05060708),
     "ctypes array of Structure": lambda: (_Pair * 4)(*[_Pair(i, i + 1) for i in range(1, 5)]),

@@ -163,6 +163,23 @@ def test_stdin_bad_input_leaves_nothing(
     assert _usage() == base
 
 
+def test_stdin_on_a_terminal_reads_one_line(
+    factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal (canonical mode) the line typed is read, the next one left unread."""
+    master, slave = os.openpty()
+    try:
+        with open(slave, "rb", buffering=0, closefd=False) as stdin:
+            monkeypatch.setattr(sys, "stdin", stdin)
+            os.write(master, b"typed-key\nnext\n")
+            with factory.from_stdin() as s:
+                assert s.with_bytes(bytes) == b"typed-key"
+            assert os.read(slave, 100) == b"next\n"
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 def test_stdin_missing_or_closed(
     factory: securememory.SecretFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -315,11 +332,12 @@ def _scan_child(
     return report, hits, environ, held
 
 
-def test_env_leaves_no_copy_in_the_process(impl: str) -> None:
+@pytest.mark.parametrize("length", [48, 1200])  # a pymalloc block; a malloc chunk (a PEM key)
+def test_env_leaves_no_copy_in_the_process(impl: str, length: int) -> None:
     from conftest import skip_unless_available
 
     skip_unless_available(impl)
-    value = os.urandom(24).hex().encode()
+    value = os.urandom(length // 2).hex().encode()
     _, hits, environ, held = _scan_child("env", impl, value, env={VAR: value.decode()})
     assert held == value
     assert not any(hits.values()), {n.decode(): h for n, h in hits.items() if h}
