@@ -42,6 +42,7 @@ from ._backend import (
     map_budget,
     memlock_budget,
     secretmem_unavailable,
+    take_environ,
     wipe_all,
 )
 from .errors import UnsupportedPlatformError
@@ -76,6 +77,7 @@ __all__ = [
     "poke",
     "scratch",
     "secretmem_unavailable",
+    "take_environ",
     "wipe_all",
     "wipe_buffer",
 ]
