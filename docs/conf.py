@@ -22,7 +22,7 @@ import securememory  # noqa: E402
 
 project = "securememory"
 author = "the securememory authors"
-copyright = "the securememory authors"  # noqa: A001
+copyright = "the securememory authors"
 release = securememory.__version__
 version = release
 

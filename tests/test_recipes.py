@@ -312,7 +312,8 @@ def postgres() -> Iterator[Postgres]:
         )
         options = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
         run([*ctl, "-l", os.path.join(top, "log"), "-o", options, "start"])
-        admin = {"host": sock, "port": port, "user": "postgres", "dbname": "postgres"}
+        admin: dict[str, Any] = {"host": sock, "port": port, "user": "postgres"}
+        admin["dbname"] = "postgres"
         with psycopg.connect(**admin, autocommit=True) as conn:
             conn.execute(
                 psycopg.sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(
@@ -336,7 +337,9 @@ def secret_file(value: bytes) -> Iterator[str]:
         yield path
 
 
-def test_psycopg_usage_block_connects(postgres: Postgres, capsys: pytest.CaptureFixture[str]) -> None:
+def test_psycopg_usage_block_connects(
+    postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The page's usage block, as printed: connects as ``app`` and prints the user."""
     with secret_file(postgres.password.encode()) as path:
         recipe(
@@ -368,8 +371,9 @@ def test_psycopg_passfile_escapes_and_is_gone(postgres: Postgres) -> None:
             with conn:
                 assert conn.execute("SELECT current_user").fetchone() == ("app",)
             assert set(os.listdir("/proc/self/fd")) <= fds, "the passfile's fd was left open"
-            with factory.new(bytearray(b"wrong")) as wrong, pytest.raises(
-                psycopg.OperationalError, match="password authentication failed"
+            with (
+                factory.new(bytearray(b"wrong")) as wrong,
+                pytest.raises(psycopg.OperationalError, match="password authentication failed"),
             ):
                 ns["connect"](wrong, user="app", **target)
         finally:
@@ -383,8 +387,12 @@ def test_psycopg_copies(postgres: Postgres) -> None:
     close and fewer while open (only libpq's own, which it wipes at close)."""
     needle = postgres.password.encode()
     with secret_file(needle) as path:
-        control = run_child("psycopg", needle, how="password", port=postgres.port, password_path=path)
-        recipe_ = run_child("psycopg", needle, how="passfile", port=postgres.port, password_path=path)
+        control = run_child(
+            "psycopg", needle, how="password", port=postgres.port, password_path=path
+        )
+        recipe_ = run_child(
+            "psycopg", needle, how="passfile", port=postgres.port, password_path=path
+        )
     assert control["open"].info["user"] == recipe_["open"].info["user"] == "app"
     assert len(control["closed"].hits) >= 1, "control: the scan must find psycopg's copy"
     assert len(control["open"].hits) >= 2
@@ -507,7 +515,7 @@ def test_jwt() -> None:
         ns = recipe("recipe-jwt", "recipe-jwt-usage", key_path=path)
     token = ns["token"]
     assert _verify_hs256(token, key) == {"sub": "alice", "exp": 1_900_000_000}
-    with pytest.raises(Exception, match="[Ss]ignature"):
+    with pytest.raises(Exception, match=r"[Ss]ignature"):
         _verify_hs256(token, secrets.token_bytes(32))
 
 
