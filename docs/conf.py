@@ -16,9 +16,11 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "_ext"))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))  # the docs of this checkout
-
-import securememory  # noqa: E402
+try:  # the installed package (its compiled core is built there)
+    import securememory
+except ImportError:  # a checkout whose core was built in place (setup.py build_ext --inplace)
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "src"))
+    import securememory
 
 project = "securememory"
 author = "the securememory authors"
