@@ -548,6 +548,23 @@ def test_cli_pipe() -> None:
     assert securememory.stats().live_secrets == before
 
 
+def test_cli_stdin() -> None:
+    """The stdin block as a program, ``printf`` piped into it: it holds the key."""
+    key = secrets.token_hex(32).encode()
+    program = recipe_blocks()["recipe-cli-stdin"] + (
+        "import hashlib\nprint(key.with_bytes(lambda v: hashlib.sha256(v).hexdigest()))\n"
+    )
+    printf = subprocess.Popen(_printf(key), stdout=subprocess.PIPE)
+    assert printf.stdout is not None
+    out = subprocess.run(
+        [sys.executable, "-c", program], stdin=printf.stdout, capture_output=True, text=True
+    )
+    printf.stdout.close()
+    assert printf.wait() == 0
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == hashlib.sha256(key).hexdigest() + "\n"
+
+
 @needs_scan
 def test_cli_pipe_copies() -> None:
     """Read with the recipe, the key is only in the secret's own pages while open (secretmem:
