@@ -60,7 +60,7 @@ nitpick_ignore_regex = [
 autodoc_default_options = {
     "members": True,
     "undoc-members": False,
-    "show-inheritance": True,
+    "show-inheritance": False,
 }
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
