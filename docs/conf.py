@@ -60,7 +60,6 @@ nitpick_ignore_regex = [
 autodoc_default_options = {
     "members": True,
     "undoc-members": False,
-    "show-inheritance": False,
 }
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
