@@ -32,14 +32,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(DOCS / "_ext"))
 
-import implementations_table  # noqa: E402  (docs/_ext: the directive that renders the table)
-
 
 def _require_sphinx() -> None:
     if importlib.util.find_spec("sphinx") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("sphinx must be installed in CI (pip install -e '.[docs]')")
-        pytest.skip("sphinx is not installed (pip install -e '.[docs]')")
+        pytest.skip("sphinx is not installed (pip install -e '.[docs]')", allow_module_level=True)
+
+
+_require_sphinx()
+
+import implementations_table  # noqa: E402  (docs/_ext: the directive that renders the table)
 
 
 @dataclass

@@ -529,8 +529,9 @@ def _printf(value: bytes) -> list[str]:
 
 
 def test_cli_pipe() -> None:
-    """The CLI simulated by ``printf``: exactly the value (no trailing newline, and with one);
-    more, less, or a failing command is an error that leaves no secret open."""
+    """The CLI simulated by ``printf``: the value with and without a trailing newline; a value
+    too long, an empty one, two lines or a failing command is an error that leaves no secret
+    open."""
     import securememory
 
     key_from_cli = recipe("recipe-cli-pipe")["key_from_cli"]
@@ -539,10 +540,14 @@ def test_cli_pipe() -> None:
     for output in (key, key + b"\n"):
         with key_from_cli(_printf(output), 64) as secret:
             assert secret.with_bytes(bytes) == key
-    with pytest.raises(ValueError, match="more than 64 bytes"):
+    with key_from_cli(_printf(key[:10]), 64) as secret:  # shorter is fine: it is a line
+        assert secret.with_bytes(bytes) == key[:10]
+    with pytest.raises(ValueError, match="longer than the maximum of 64"):
         key_from_cli(_printf(key + b"extra"), 64)
-    with pytest.raises(ValueError, match="got 10 before EOF"):
-        key_from_cli(_printf(key[:10]), 64)
+    with pytest.raises(ValueError, match="more than one line"):
+        key_from_cli(_printf(key + b"\nsecond"), 64)
+    with pytest.raises((ValueError, EOFError)):
+        key_from_cli(_printf(b"\n"), 64)
     with pytest.raises(subprocess.CalledProcessError):
         key_from_cli(["sh", "-c", 'printf "%s" "$1"; exit 3', "sh", key.decode()], 64)
     assert securememory.stats().live_secrets == before
