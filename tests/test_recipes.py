@@ -510,6 +510,7 @@ def _verify_hs256(token: str, key: bytes) -> dict[str, Any]:
 def test_jwt() -> None:
     """The usage block signs a token that PyJWT (or the stdlib) verifies with the key; the
     same token does not verify under another key."""
+    pytest.importorskip("cryptography", reason="securememory.crypto needs the crypto extra")
     key = secrets.token_bytes(32)
     with secret_file(key) as path:
         ns = recipe("recipe-jwt", "recipe-jwt-usage", key_path=path)
