@@ -31,8 +31,12 @@ class SecretFactory:
     included); the per-region exclusion (``MADV_DONTDUMP`` on Linux, nothing on macOS) still
     applies.
 
-    Every constructor takes ``inheritable=True`` to make a secret that stays usable in a child
-    made by ``os.fork()`` (see :mod:`securememory.sharing`); by default a child sees nothing.
+    Every constructor takes ``inheritable=True`` to make a *shareable* secret: its pages are a
+    file (``memfd_secret`` for secretmem, a sealed ``memfd`` for guarded and protected) that
+    stays usable in a child made by ``os.fork()``, and that :func:`securememory.send` and
+    ``multiprocessing`` can pass to another process. By default a forked child sees nothing and
+    the secret cannot leave its process. The descriptor is close-on-exec: an ``exec``'d program
+    never inherits it. See docs/topics/sharing.rst for who wipes and who pays the memlock.
     """
 
     _spec: ClassVar[Implementation | None] = None
@@ -83,7 +87,7 @@ class SecretFactory:
         its pages (``None``: random). On any failure it is wiped and freed."""
         return create(self.spec, size, fill, inheritable=inheritable)
 
-    def new(self, data: object) -> Secret:
+    def new(self, data: object, *, inheritable: bool = False) -> Secret:
         """Copy ``data`` (any C-contiguous bytes-like object) into a new secret.
 
         A writable source (bytearray, writable memoryview, array, mmap...) is wiped right after
@@ -98,17 +102,17 @@ class SecretFactory:
             def fill(view: memoryview) -> None:
                 view[:] = src
 
-            return self._create(check_size(src.nbytes), fill)
+            return self._create(check_size(src.nbytes), fill, inheritable=inheritable)
         finally:
             if not src.readonly:
                 wipe_buffer(src)
             src.release()
 
-    def create_random(self, size: int) -> Secret:
+    def create_random(self, size: int, *, inheritable: bool = False) -> Secret:
         """A new secret of ``size`` bytes from the OS CSPRNG, written straight into its pages."""
-        return self._create(check_size(size), None)
+        return self._create(check_size(size), None, inheritable=inheritable)
 
-    def from_fd(self, fd: int, size: int) -> Secret:
+    def from_fd(self, fd: int, size: int, *, inheritable: bool = False) -> Secret:
         """Read exactly ``size`` bytes from file descriptor ``fd`` straight into a new secret.
 
         Raises ``ValueError`` naming how many bytes came if the input ends early; nothing is left
@@ -120,9 +124,9 @@ class SecretFactory:
 
         fill = _ingress.fd_filler(fd, n)
 
-        return self._create(n, fill)
+        return self._create(n, fill, inheritable=inheritable)
 
-    def from_stream(self, stream: Any, size: int) -> Secret:
+    def from_stream(self, stream: Any, size: int, *, inheritable: bool = False) -> Secret:
         """Read exactly ``size`` bytes with ``stream.readinto`` straight into a new secret.
 
         A buffered stream keeps its own copy of what it read in its buffer, which the library
@@ -138,9 +142,15 @@ class SecretFactory:
 
         fill = _ingress.stream_filler(readinto, n)
 
-        return self._create(n, fill)
+        return self._create(n, fill, inheritable=inheritable)
 
-    def from_file(self, path: str | os.PathLike[str], size: int | None = None) -> Secret:
+    def from_file(
+        self,
+        path: str | os.PathLike[str],
+        size: int | None = None,
+        *,
+        inheritable: bool = False,
+    ) -> Secret:
         """Read a key file (its whole content, or its first ``size`` bytes) into a new secret,
         unbuffered, with no copy on the heap."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -149,7 +159,7 @@ class SecretFactory:
                 size = os.fstat(fd).st_size
                 if size == 0:
                     raise ValueError(f"{os.fspath(path)!r} is empty")
-            return self.from_fd(fd, size)
+            return self.from_fd(fd, size, inheritable=inheritable)
         finally:
             os.close(fd)
 
@@ -159,6 +169,7 @@ class SecretFactory:
         *,
         max_size: int = 1024,
         tty: int | str | os.PathLike[str] | None = None,
+        inheritable: bool = False,
     ) -> Secret:
         """Write ``prompt`` to the terminal and read a passphrase with echo off into a new secret.
 
@@ -175,7 +186,10 @@ class SecretFactory:
         """
         from ._prompt import read_passphrase
 
-        return read_passphrase(self._create, prompt, max_size=max_size, tty=tty)
+        def create(size: int, fill: Callable[[memoryview], None] | None) -> Secret:
+            return self._create(size, fill, inheritable=inheritable)
+
+        return read_passphrase(create, prompt, max_size=max_size, tty=tty)
 
 
 def _default_class() -> type[SecretFactory]:

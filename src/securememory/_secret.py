@@ -38,6 +38,7 @@ _NEWLINE = 0x0A
 
 __all__ = [
     "Backing",
+    "adopt",
     "Layout",
     "Secret",
     "SecretReader",
@@ -220,10 +221,11 @@ def create(
 ) -> Secret:
     """A new secret of ``size`` bytes: ``write(view)`` fills it through a writable view of its
     pages (``None``: from the kernel's CSPRNG). On any failure the region is wiped and freed."""
+    layout, backing = spec.placement(size, shareable=inheritable)
     secret = _region.new_region(
         Secret,
-        spec.layout(size),
-        spec.backing,
+        layout,
+        backing,
         spec=spec,
         site=_creation_site(),
         inheritable=inheritable,
@@ -239,6 +241,26 @@ def create(
     else:
         _region.fill(secret, write)
     return secret
+
+
+def adopt(spec: Implementation, size: int, fd: int, *, inheritable: bool = False) -> Secret:
+    """A :class:`Secret` over the pages of a shareable secret another process created, from its
+    descriptor ``fd``, which the new secret owns from now on (closed on failure too).
+
+    The descriptor is checked (a ``memfd_secret`` file, or a sealed ``memfd``, of the size
+    ``spec`` and ``size`` imply) and made close-on-exec; the creator's live marker must be in the
+    pages (``SecretClosedError`` if its creator has wiped them). This process locks its own view
+    and only unmaps it on close; the creator's close wipes for every process."""
+    layout, backing = spec.placement(check_size(size), shareable=True)
+    return _region.new_region(
+        Secret,
+        layout,
+        backing,
+        spec=spec,
+        site=_creation_site(),
+        inheritable=inheritable,
+        fd=fd,
+    )
 
 
 class SecretReader(io.RawIOBase):
