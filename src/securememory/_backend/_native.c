@@ -924,7 +924,9 @@ static void Region_finalize(PyObject *self) {
     if (r->pid != current_pid) {
         free_region(r); /* inert */
     } else {
-        if (r->state != ST_FILLING && !exiting && r->site_file != Py_None) {
+        /* a view received from another process is only unmapped: nothing to warn about */
+        if (r->state != ST_FILLING && !exiting && r->site_file != Py_None &&
+            (r->flags & F_OWNER)) {
             if (PyErr_ResourceWarning(self, 1,
                                       "a secret of %zu bytes created at %S:%d was never closed; "
                                       "the garbage collector wiped it",
