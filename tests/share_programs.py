@@ -3,10 +3,12 @@
     python share_programs.py mp <start method> <implementation>   (the key on stdin)
     python share_programs.py broker <implementation> <socket path> <clients>  (keys on stdin)
     python share_programs.py client <socket path>
+    python share_programs.py prefork <implementation> <decoy hex>   (the key on stdin)
 
 Each is also a recipe of docs/topics/sharing.rst: ``mp`` is the multiprocessing recipe (Pool
 with an initializer, a Process argument, a ProcessPoolExecutor task, a Pool task argument),
-``broker``/``client`` the secret-broker recipe. They read keys from stdin straight into secrets
+``broker``/``client`` the secret-broker recipe, ``prefork`` the Celery-style prefork pool
+recipe (billiard, Celery's pool: a module-level key inherited by forked workers). They read keys from stdin straight into secrets
 (``from_fd``), so no copy of a key is ever in their heap, and talk JSON lines on stdout.
 """
 
@@ -116,6 +118,41 @@ def run_mp(method: str, impl: str) -> None:
     emit({"parent_tag_after": ok_after, "live": securememory.stats().live_secrets})
 
 
+# -- a Celery-style prefork pool -------------------------------------------------------------------
+
+PREFORK_KEY: Secret | None = None  # made at import time in Celery: before the pool forks
+PREFORK_DECOY = b""
+
+
+def _prefork_task(n: int) -> tuple[int, str]:
+    assert PREFORK_KEY is not None
+    _worker_barrier.wait(60)
+    return os.getpid(), hmac(PREFORK_KEY, MESSAGE).hex()
+
+
+def _prefork_init(barrier: Any) -> None:
+    global _worker_barrier
+    _worker_barrier = barrier
+
+
+def run_prefork(impl: str, decoy_hex: str) -> None:
+    import billiard  # Celery's fork of multiprocessing, its prefork pool
+
+    global PREFORK_KEY, PREFORK_DECOY
+    PREFORK_KEY = factory_for(impl).from_fd(0, KEY_SIZE, inheritable=True)
+    PREFORK_DECOY = bytes.fromhex(decoy_hex)  # the control, a plain key every worker inherits
+    ctx = billiard.get_context("fork")
+    barrier = ctx.Barrier(4)
+    pool = ctx.Pool(4, initializer=_prefork_init, initargs=(barrier,))
+    results = pool.map(_prefork_task, range(4), chunksize=1)
+    emit({"tags": results, "workers": sorted({pid for pid, _ in results})})
+    sys.stdin.readline()
+    pool.terminate()
+    pool.join()
+    PREFORK_KEY.close()
+    emit({"live": securememory.stats().live_secrets})
+
+
 # -- broker and clients ----------------------------------------------------------------------------
 
 
@@ -186,6 +223,8 @@ def main() -> None:
         run_broker(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif role == "client":
         run_client(sys.argv[2])
+    elif role == "prefork":
+        run_prefork(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(f"unknown role {role!r}")
 

@@ -1,5 +1,7 @@
-"""The WSGI app of the gunicorn recipe (issue 12); run by tests/test_share_gunicorn.py as
-``gunicorn --preload share_wsgi:app``; not a test module.
+"""The apps of the gunicorn and uvicorn recipes (issue 12); run by
+tests/test_share_gunicorn.py as ``gunicorn --preload share_wsgi:app`` (WSGI: sync and gthread
+workers) and ``gunicorn --preload -k uvicorn.workers.UvicornWorker share_wsgi:asgi`` (ASGI);
+not a test module.
 
 Loaded once, in the master (``--preload``): the key is read from a file straight into a shareable
 secret; every forked worker maps and locks its own view at its first request and answers each
@@ -28,3 +30,19 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         [("Content-Type", "text/plain"), ("Content-Length", str(len(tag))), ("X-Pid", str(os.getpid()))],
     )
     return [tag]
+
+
+async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same answer as :func:`app`, from an ASGI app (uvicorn workers)."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    tag = hmac(KEY, scope.get("query_string", b"")).hex().encode()
+    headers = [(b"content-type", b"text/plain"), (b"x-pid", str(os.getpid()).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": tag})

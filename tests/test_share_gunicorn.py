@@ -1,6 +1,6 @@
-"""A real ``gunicorn --preload`` server (issue 12; the gunicorn recipe of
+"""A real ``gunicorn --preload`` server (issue 12; the gunicorn and uvicorn-worker recipes of
 docs/topics/sharing.rst): the master loads the key into a shareable secret, 4 forked workers
-(sync, then gthread) answer 2,000 requests on loopback with an HMAC under it, all correct. A scan
+(sync, gthread, and uvicorn's ASGI worker) answer 2,000 requests on loopback with an HMAC under it, all correct. A scan
 of the master's and every worker's memory finds the key only in the secret's shared pages (under
 secretmem: nowhere readable through ``/proc/<pid>/mem``), while the control, the same kind of key
 loaded as ``bytes``, is found in every worker. Stopping the server leaves no worker behind.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -61,13 +62,32 @@ def _get(port: int, n: int) -> tuple[int, bytes, int]:
         conn.close()
 
 
-@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
-@pytest.mark.parametrize("impl", ["secretmem", "guarded"])
+UVICORN = "uvicorn.workers.UvicornWorker"
+
+
+def _uvicorn_missing() -> str | None:
+    if importlib.util.find_spec("uvicorn") is None:
+        return "uvicorn is not installed (pip install uvicorn)"
+    return None
+
+
+@pytest.mark.parametrize(
+    ("impl", "worker_class"),
+    [
+        ("secretmem", "sync"),
+        ("secretmem", "gthread"),
+        ("secretmem", UVICORN),
+        ("guarded", "sync"),
+        ("guarded", "gthread"),
+    ],
+)
 def test_gunicorn_preload_workers_share_the_key(
     impl: str, worker_class: str, tmp_path: pathlib.Path
 ) -> None:
     skip_unless_available(impl)
     require(None if GUNICORN else "gunicorn is not installed (the test extra)", "gunicorn")
+    if worker_class == UVICORN:
+        require(_uvicorn_missing(), "the uvicorn worker recipe")
     require(None if os.geteuid() == 0 else "scanning workers' memory needs root", "scan")
     assert GUNICORN is not None
     key, decoy = os.urandom(32), os.urandom(32)
@@ -82,7 +102,7 @@ def test_gunicorn_preload_workers_share_the_key(
     )
     cmd = [GUNICORN, "--preload", "-w", str(WORKERS), "-k", worker_class, "--threads", "4",
            "-b", f"127.0.0.1:{port}", "--chdir", str(pathlib.Path(__file__).parent),
-           "--log-level", "warning", "share_wsgi:app"]
+           "--log-level", "warning", "share_wsgi:asgi" if worker_class == UVICORN else "share_wsgi:app"]
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:

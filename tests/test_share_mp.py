@@ -92,3 +92,40 @@ def test_multiprocessing_passes_secrets(method: str, impl: str) -> None:
             assert scan["key_inside_shared"] == 0 and scan["unreadable_secretmem"], scan
         else:  # the memfd fallback: readable through /proc/<pid>/mem, the weaker guarantee
             assert scan["key_inside_shared"], scan
+
+
+@pytest.mark.parametrize("impl", ["secretmem", "guarded"])
+def test_celery_style_prefork_pool(impl: str) -> None:
+    """Celery's prefork pool (billiard, fork): a key made at import time, before the pool forks,
+    with inheritable=True, is used by 4 workers; same scan, same control."""
+    skip_unless_available(impl)
+    require(_root(), "worker memory scan")
+    pytest.importorskip("billiard", reason="Celery's pool (pip install billiard)")
+    key, decoy = os.urandom(32), os.urandom(32)
+    proc = subprocess.Popen(
+        [sys.executable, str(PROGRAMS), "prefork", impl, decoy.hex()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(key)
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        scans = {pid: scan_worker(pid, key, decoy) for pid in first["workers"]}
+        proc.stdin.write(b"\n")
+        proc.stdin.flush()
+        last = json.loads(proc.stdout.readline())
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+    assert proc.returncode == 0 and last == {"live": 0}
+    want = hmac.new(key, MESSAGE, hashlib.sha256).hexdigest()
+    assert len(first["workers"]) == 4 and all(tag == want for _, tag in first["tags"])
+    for pid, scan in scans.items():
+        assert scan["decoy"], f"control: the plain decoy must be found in worker {pid}: {scan}"
+        assert scan["key_outside_shared"] == [] and scan["shared_maps"], scan
+        if impl == "secretmem":
+            assert scan["key_inside_shared"] == 0 and scan["unreadable_secretmem"], scan
+        else:
+            assert scan["key_inside_shared"], scan
