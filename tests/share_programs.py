@@ -8,8 +8,9 @@
 Each is also a recipe of docs/topics/sharing.rst: ``mp`` is the multiprocessing recipe (Pool
 with an initializer, a Process argument, a ProcessPoolExecutor task, a Pool task argument),
 ``broker``/``client`` the secret-broker recipe, ``prefork`` the Celery-style prefork pool
-recipe (billiard, Celery's pool: a module-level key inherited by forked workers). They read keys from stdin straight into secrets
-(``from_fd``), so no copy of a key is ever in their heap, and talk JSON lines on stdout.
+recipe (billiard, Celery's pool: a module-level key inherited by forked workers). They read
+keys from stdin straight into secrets (``from_fd``), so no copy of a key is ever in their heap,
+and talk JSON lines on stdout.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def _process_main(key: Secret, conn: Any) -> None:
 
 
 def run_mp(method: str, impl: str) -> None:
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     key = factory_for(impl).from_fd(0, KEY_SIZE, inheritable=True)
     tags: list[tuple[int, str]] = []
     # Process: the secret is an argument (pickled by multiprocessing for spawn and forkserver,
@@ -136,7 +137,7 @@ def _prefork_init(barrier: Any) -> None:
 
 
 def run_prefork(impl: str, decoy_hex: str) -> None:
-    import billiard  # Celery's fork of multiprocessing, its prefork pool
+    import billiard  # type: ignore[import-untyped, import-not-found, unused-ignore]  # Celery's fork of multiprocessing, its prefork pool
 
     global PREFORK_KEY, PREFORK_DECOY
     PREFORK_KEY = factory_for(impl).from_fd(0, KEY_SIZE, inheritable=True)

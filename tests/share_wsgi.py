@@ -18,7 +18,9 @@ from typing import Any, Callable
 from securememory._factory import factory_for
 from securememory.crypto import hmac
 
-KEY = factory_for(os.environ["SHARE_IMPL"]).from_file(os.environ["SHARE_KEY_FILE"], inheritable=True)
+KEY = factory_for(os.environ["SHARE_IMPL"]).from_file(
+    os.environ["SHARE_KEY_FILE"], inheritable=True
+)
 with open(os.environ["SHARE_DECOY_FILE"], "rb") as _f:
     DECOY = _f.read()
 
@@ -27,7 +29,11 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     tag = hmac(KEY, environ.get("QUERY_STRING", "").encode()).hex().encode()
     start_response(
         "200 OK",
-        [("Content-Type", "text/plain"), ("Content-Length", str(len(tag))), ("X-Pid", str(os.getpid()))],
+        [
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(tag))),
+            ("X-Pid", str(os.getpid())),
+        ],
     )
     return [tag]
 

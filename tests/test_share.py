@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -90,7 +89,11 @@ def test_inheritable_secret_is_usable_in_a_forked_child(impl: str) -> None:
         before = status_field("self", "VmLck")
         data = shared.with_bytes(bytes)
         after = status_field("self", "VmLck")
-        return {"data": data.hex(), "locked": after - before, "stats": securememory.stats().bytes_locked}
+        return {
+            "data": data.hex(),
+            "locked": after - before,
+            "stats": securememory.stats().bytes_locked,
+        }
 
     got = in_child(child)["ok"]
     assert bytes.fromhex(got["data"]) == KEY
@@ -137,7 +140,9 @@ def test_child_shares_the_pages_not_a_copy(impl: str) -> None:
     assert out == {"first": True, "later": "closed"}
 
 
-def test_descriptor_is_not_inherited_by_an_exec_program(factory: securememory.SecretFactory) -> None:
+def test_descriptor_is_not_inherited_by_an_exec_program(
+    factory: securememory.SecretFactory,
+) -> None:
     """An exec'd program sees no descriptor of the secret's file; the control passes it on
     purpose (``pass_fds``) and the same check sees it."""
     s = factory.create_random(32, inheritable=True)
@@ -185,7 +190,7 @@ def test_send_receive_same_pages_who_wipes(impl: str) -> None:
         r2 = receive(b)
         assert r2.with_bytes(bytes) == KEY  # control: readable while the creator keeps it
         s.close()
-        with pytest.raises(SecretClosedError, match="closed.*by the process that created it"):
+        with pytest.raises(SecretClosedError, match=r"closed.*by the process that created it"):
             r2.with_bytes(bytes)
         r2.close()
     a.close()
@@ -294,7 +299,7 @@ def test_received_secret_can_be_forwarded(factory: securememory.SecretFactory) -
     b.close()
 
 
-# -- bad input --------------------------------------------------------------------------------------
+# -- bad input -------------------------------------------------------------------------------------
 
 
 def _send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
@@ -374,10 +379,18 @@ def test_bad_messages_are_refused_and_leave_nothing() -> None:
         ("unsealed memfd", with_fd(lambda: _memfd(inner, 0)), ValueError, "sealed"),
         ("wrong size", with_fd(lambda: _memfd(inner * 2, SEALS)), ValueError, "bytes"),
         ("no marker", with_fd(lambda: _memfd(inner, SEALS)), SecretClosedError, "no secur"),
-        ("bad header", with_fd(lambda: _memfd(inner, SEALS), b"x" * 32), SecureMemoryError,
-         "bad header"),
-        ("secretmem claimed", with_fd(lambda: _memfd(inner, SEALS), _valid_header("secretmem", size)),
-         ValueError, "memfd_secret"),
+        (
+            "bad header",
+            with_fd(lambda: _memfd(inner, SEALS), b"x" * 32),
+            SecureMemoryError,
+            "bad header",
+        ),
+        (
+            "secretmem claimed",
+            with_fd(lambda: _memfd(inner, SEALS), _valid_header("secretmem", size)),
+            ValueError,
+            "memfd_secret",
+        ),
     ]
 
     def two(sock: socket.socket) -> None:
@@ -420,7 +433,7 @@ def test_bad_messages_are_refused_and_leave_nothing() -> None:
     b.close()
 
 
-# -- asyncio -----------------------------------------------------------------------------------------
+# -- asyncio ---------------------------------------------------------------------------------------
 
 
 def test_received_secret_keeps_per_task_access_and_aclose(impl: str) -> None:

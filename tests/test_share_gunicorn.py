@@ -1,9 +1,10 @@
 """A real ``gunicorn --preload`` server (issue 12; the gunicorn and uvicorn-worker recipes of
 docs/topics/sharing.rst): the master loads the key into a shareable secret, 4 forked workers
-(sync, gthread, and uvicorn's ASGI worker) answer 2,000 requests on loopback with an HMAC under it, all correct. A scan
-of the master's and every worker's memory finds the key only in the secret's shared pages (under
-secretmem: nowhere readable through ``/proc/<pid>/mem``), while the control, the same kind of key
-loaded as ``bytes``, is found in every worker. Stopping the server leaves no worker behind.
+(sync, gthread, and uvicorn's ASGI worker) answer 2,000 requests on loopback with an HMAC under
+it, all correct. A scan of the master's and every worker's memory finds the key only in the
+secret's shared pages (under secretmem: nowhere readable through ``/proc/<pid>/mem``), while the
+control, the same kind of key loaded as ``bytes``, is found in every worker. Stopping the server
+leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -100,9 +101,23 @@ def test_gunicorn_preload_workers_share_the_key(
         SHARE_KEY_FILE=str(tmp_path / "key"),
         SHARE_DECOY_FILE=str(tmp_path / "decoy"),
     )
-    cmd = [GUNICORN, "--preload", "-w", str(WORKERS), "-k", worker_class, "--threads", "4",
-           "-b", f"127.0.0.1:{port}", "--chdir", str(pathlib.Path(__file__).parent),
-           "--log-level", "warning", "share_wsgi:asgi" if worker_class == UVICORN else "share_wsgi:app"]
+    cmd = [
+        GUNICORN,
+        "--preload",
+        "-w",
+        str(WORKERS),
+        "-k",
+        worker_class,
+        "--threads",
+        "4",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--chdir",
+        str(pathlib.Path(__file__).parent),
+        "--log-level",
+        "warning",
+        "share_wsgi:asgi" if worker_class == UVICORN else "share_wsgi:app",
+    ]
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     workers: list[int] = []
     try:

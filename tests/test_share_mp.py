@@ -39,9 +39,7 @@ def scan_worker(pid: int, key: bytes, decoy: bytes) -> dict[str, object]:
     """Where ``key`` and ``decoy`` are in ``pid``'s memory, and which shared pages it maps."""
     shared = [m for m in maps(pid) if m.path.startswith(SHARED_PATHS)]
     result = scan_memory(pid, [key, decoy])
-    outside = [
-        (hex(a), path) for a, path in result.hits[key] if not path.startswith(SHARED_PATHS)
-    ]
+    outside = [(hex(a), path) for a, path in result.hits[key] if not path.startswith(SHARED_PATHS)]
     return {
         "key_outside_shared": outside,
         "key_inside_shared": len(result.hits[key]) - len(outside),

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._region import UNSUPPORTED as _UNSUPPORTED
 from ._region import SHARE_HEADER, Backing, Layout, secretmem_unavailable
+from ._region import UNSUPPORTED as _UNSUPPORTED
 
 __all__ = [
     "DEFAULT_ORDER",

@@ -38,10 +38,10 @@ _NEWLINE = 0x0A
 
 __all__ = [
     "Backing",
-    "adopt",
     "Layout",
     "Secret",
     "SecretReader",
+    "adopt",
     "check_size",
     "copy_bytes",
     "create",

@@ -36,6 +36,7 @@ crosses a pipe, a socket buffer or a heap. Semantics:
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
@@ -100,10 +101,8 @@ def send(sock: socket.socket, secret: Secret) -> None:
 
 def _close_all(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:  # pragma: no cover - already closed
-            pass
 
 
 def _recv_message(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -170,8 +169,7 @@ def receive(sock: socket.socket) -> Secret:
         magic, flags, raw_name, size = _HEAD.unpack(data)
         if magic != _MAGIC:
             raise SecureMemoryError(
-                "the message is not a securememory secret's (bad header); its descriptor was "
-                "closed"
+                "the message is not a securememory secret's (bad header); its descriptor was closed"
             )
         try:
             spec = _implementations.get(raw_name.rstrip(b"\0").decode("ascii"))
