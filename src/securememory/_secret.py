@@ -92,6 +92,12 @@ class Secret(_region.Region):
     makes an ordinary, unwiped copy), and anything against root or a debugger attached to the
     process.
 
+    Shared secrets (made with ``inheritable=True``, inherited over ``fork``, received with
+    :func:`securememory.receive` or through ``multiprocessing``): every process maps the same
+    pages and locks its own view. :meth:`close` wipes them only in the process that created the
+    secret; elsewhere it unmaps this process's view, and an access begun after the creator's
+    wipe raises :class:`SecretClosedError`. See :mod:`securememory._share`.
+
     Inherited from the compiled core: ``access()`` (``with s.access() as view:``),
     ``with_bytes(action)``, ``closed``, ``len()``.
     """
@@ -126,7 +132,9 @@ class Secret(_region.Region):
         )
 
     def close(self) -> None:
-        """Refuse new accesses, wait for running ones to end, then wipe and free the memory.
+        """Refuse new accesses, wait for running ones to end, then wipe and free the memory
+        (a shared secret's pages are wiped only by the process that created it; any other
+        process only unmaps its view, and the creator does not wait for other processes).
 
         Idempotent. Raises :class:`SecureMemoryError`, and leaves the secret open, when waiting
         could never end: called inside an access of this secret, while another asyncio task (or
