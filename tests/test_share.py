@@ -13,6 +13,7 @@ import array
 import asyncio
 import fcntl
 import json
+import mmap
 import os
 import pickle
 import socket
@@ -29,7 +30,7 @@ from conftest import IMPLEMENTATIONS, skip_unless_available
 import securememory
 from securememory import SecretClosedError, SecureMemoryError, receive, send
 from securememory._factory import factory_for
-from securememory._inspect import maps, status_field
+from securememory._inspect import maps, smaps, status_field
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="memfd and SCM_RIGHTS here are Linux"
@@ -467,6 +468,50 @@ def test_received_secret_keeps_per_task_access_and_aclose(impl: str) -> None:
     assert asyncio.run(main()) == (True, True)
     assert got.closed
     assert s.with_bytes(bytes) == KEY
+    s.close()
+    a.close()
+    b.close()
+
+
+def test_each_process_view_is_locked_and_undumpable(impl: str) -> None:
+    """The receiving process's and a forked child's view of the shared pages: smaps shows them
+    locked (``lo``, ``Locked:`` the whole inner pages), excluded from dumps (``dd``) and
+    no-access when idle; the control, the same file mapped plainly, shows neither flag."""
+    skip_unless_available(impl)
+    s = factory_for(impl).new(bytearray(KEY), inheritable=True)
+    a, b = socket.socketpair()
+    send(a, s)
+    got = receive(b)
+
+    def view_flags(secret: securememory.Secret) -> dict[str, Any]:
+        (m,) = smaps("self", secret._inner, secret._inner + secret._inner_len)
+        return {
+            "flags": sorted(m.flags & {"lo", "dd"}),
+            "locked": m.fields.get("Locked", 0) > 0,  # proportional: shared by every mapper
+            "perms": m.perms,
+        }
+
+    want = {"flags": ["dd", "lo"], "locked": True, "perms": "---s"}
+    assert view_flags(got) == want
+
+    def child() -> dict[str, Any]:
+        s.with_bytes(len)  # maps and locks the child's own view
+        return view_flags(s)
+
+    assert in_child(child)["ok"] == want
+    if impl != "secretmem":  # control: a plain mapping of the same file has neither flag
+        fd = got._dup_fd()
+        try:
+            with mmap.mmap(fd, got._inner_len, prot=mmap.PROT_READ):
+                plain = [
+                    m
+                    for m in smaps("self", 0, 1 << 64)
+                    if m.perms == "r--s" and "memfd:securememory" in m.path
+                ]
+                assert plain and not any(m.flags & {"lo", "dd"} for m in plain)
+        finally:
+            os.close(fd)
+    got.close()
     s.close()
     a.close()
     b.close()
