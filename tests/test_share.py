@@ -266,6 +266,28 @@ def test_plain_pickle_still_refuses(factory: securememory.SecretFactory) -> None
     s.close()
 
 
+def test_multiprocessing_pickler_refuses_a_private_secret(
+    factory: securememory.SecretFactory,
+) -> None:
+    """multiprocessing's pickler passes a shareable secret (the control: unpickled, it is a
+    Secret over the same pages) and refuses a private one with TypeError naming the fix; plain
+    pickle refuses both."""
+    from multiprocessing.reduction import ForkingPickler
+
+    shared, private = factory.create_random(16, inheritable=True), factory.create_random(16)
+    back = pickle.loads(ForkingPickler.dumps(shared))  # fetches its descriptor: nothing kept
+    assert isinstance(back, securememory.Secret) and back.with_bytes(bytes) == shared.with_bytes(
+        bytes
+    )
+    back.close()
+    with pytest.raises(TypeError, match="inheritable=True"):
+        ForkingPickler.dumps(private)
+    for s in (shared, private):
+        with pytest.raises(TypeError):
+            pickle.dumps(s)
+        s.close()
+
+
 def test_a_private_secret_cannot_be_sent(factory: securememory.SecretFactory) -> None:
     """Decision: a secret made without inheritable=True has private anonymous pages (secretmem:
     no descriptor kept); send() refuses, naming the fix, and sends nothing."""
