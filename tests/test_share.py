@@ -25,10 +25,10 @@ from contextlib import contextmanager
 from typing import Any, Callable
 
 import pytest
-from conftest import IMPLEMENTATIONS, skip_unless_available
+from conftest import IMPLEMENTATIONS, require, skip_unless_available
 
 import securememory
-from securememory import SecretClosedError, SecureMemoryError, receive, send
+from securememory import SecretClosedError, SecureMemoryError, _probe, receive, send
 from securememory._factory import factory_for
 from securememory._inspect import maps, smaps, status_field
 
@@ -537,3 +537,63 @@ def test_each_process_view_is_locked_and_undumpable(impl: str) -> None:
     s.close()
     a.close()
     b.close()
+
+
+LOW_MEMLOCK_RECEIVER = """
+import json, os, socket, sys
+import securememory
+from securememory import receive
+sock = socket.socket(fileno=int(sys.argv[1]))
+def fds_now():
+    return len(os.listdir("/proc/self/fd"))
+fds = fds_now()
+got, results = [], []
+for _ in range(4):
+    try:
+        got.append(receive(sock))
+        results.append("ok")
+    except securememory.MemoryLockError as e:
+        results.append(f"MemoryLockError: {e}")
+after_refusals = [fds_now() - fds - len(got), securememory.stats().live_secrets]
+got.pop().close()
+got.append(receive(sock))  # room again: the limit, not something else, refused
+readable = all(len(s.with_bytes(bytes)) == 32 for s in got)
+for s in got:
+    s.close()
+print(json.dumps({"results": results, "after_refusals": after_refusals, "readable": readable,
+                  "end": [fds_now() - fds, securememory.stats().live_secrets]}))
+"""
+
+
+@pytest.mark.parametrize("impl", ["secretmem", "guarded"])
+def test_each_receiver_pays_its_own_memlock(impl: str) -> None:
+    """A receiver without CAP_IPC_LOCK and an RLIMIT_MEMLOCK of two pages maps two received
+    secrets (one locked page each, its own budget, whatever the creator has locked), and the third
+    is a MemoryLockError that leaves no descriptor or secret behind; after closing one, one more
+    fits (the control: it is the receiver's limit that refused)."""
+    skip_unless_available(impl)
+    require(_probe.unprivileged_unavailable(), "a child without CAP_IPC_LOCK")
+    f = factory_for(impl)
+    secrets = [f.create_random(32, inheritable=True) for _ in range(5)]
+    a, b = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOW_MEMLOCK_RECEIVER, str(b.fileno())],
+        pass_fds=(b.fileno(),),
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: _probe._unprivileged(8192),
+    )
+    b.close()
+    for s in secrets:
+        send(a, s)
+    out, _ = proc.communicate(timeout=60)
+    a.close()
+    assert proc.returncode == 0
+    r = json.loads(out)
+    assert r["results"][:2] == ["ok", "ok"], r
+    assert all(
+        x.startswith("MemoryLockError: ") and "RLIMIT_MEMLOCK" in x for x in r["results"][2:]
+    )
+    assert r["after_refusals"] == [0, 2] and r["readable"] and r["end"] == [0, 0], r
+    for s in secrets:
+        s.close()
