@@ -41,7 +41,7 @@ root_doc = "index"
 nitpicky = True
 nitpick_ignore_regex = [
     # Names outside this project (no intersphinx, so Sphinx cannot resolve them).
-    ("py:class", r"(io|os|typing|collections\.abc|types|dataclasses|concurrent)\..*"),
+    ("py:class", r"(io|os|socket|typing|collections\.abc|types|dataclasses|concurrent)\..*"),
     ("py:class", r"cryptography\..*"),
     ("py:exc", r"cryptography\..*"),
     ("py:class", r"(memoryview|bytes|bytearray|int|str|bool|object|float|T|Buffer)"),
@@ -52,9 +52,6 @@ nitpick_ignore_regex = [
     ("py:mod", r"securememory\._.*"),
     ("py:data", r"securememory\._.*"),
     ("py:class", r"securememory\._.*"),
-    # SecretFactory's docstring on main names this module before it exists (the branch adding
-    # cross-process sharing brings it); remove once that branch is merged.
-    ("py:mod", r"securememory\.sharing"),
 ]
 
 autodoc_default_options = {

@@ -21,7 +21,9 @@ PUBLIC = {
         "SecureMemoryError",
         "Stats",
         "UnsupportedPlatformError",
+        "receive",
         "scratch",
+        "send",
         "stats",
     },
     "securememory.crypto": {

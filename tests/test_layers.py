@@ -29,6 +29,7 @@ LAYER = {
     "_factory": 4,
     "_prompt": 4,
     "_probe": 4,
+    "_share": 4,
     "check": 4,
     "crypto": 4,
     "guarded": 4,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._factory import SecretFactory
 from ._process import Stats, stats
 from ._secret import Secret, SecretReader, scratch
+from ._share import receive, send
 from .errors import (
     CanaryError,
     MapCountError,
@@ -34,6 +35,8 @@ __all__ = [
     "SecureMemoryError",
     "Stats",
     "UnsupportedPlatformError",
+    "receive",
     "scratch",
+    "send",
     "stats",
 ]

@@ -41,8 +41,12 @@ class SecretFactory:
     included); the per-region exclusion (``MADV_DONTDUMP`` on Linux, nothing on macOS) still
     applies.
 
-    Every constructor takes ``inheritable=True`` to make a secret that stays usable in a child
-    made by ``os.fork()`` (see :mod:`securememory.sharing`); by default a child sees nothing.
+    Every constructor takes ``inheritable=True`` to make a *shareable* secret: its pages are a
+    file (``memfd_secret`` for secretmem, a sealed ``memfd`` for guarded and protected) that
+    stays usable in a child made by ``os.fork()``, and that :func:`securememory.send` and
+    ``multiprocessing`` can pass to another process. By default a forked child sees nothing and
+    the secret cannot leave its process. The descriptor is close-on-exec: an ``exec``'d program
+    never inherits it. See docs/topics/sharing.rst for who wipes and who pays the memlock.
     """
 
     _spec: ClassVar[Implementation | None] = None
@@ -93,7 +97,7 @@ class SecretFactory:
         its pages (``None``: random). On any failure it is wiped and freed."""
         return create(self.spec, size, fill, inheritable=inheritable)
 
-    def new(self, data: object) -> Secret:
+    def new(self, data: object, *, inheritable: bool = False) -> Secret:
         """Copy ``data`` (any C-contiguous bytes-like object) into a new secret.
 
         Any item format is accepted and copied as its raw bytes: ``bytes``, ``bytearray``,
@@ -110,17 +114,17 @@ class SecretFactory:
             def fill(view: memoryview) -> None:
                 copy_bytes(view, src)
 
-            return self._create(size, fill)
+            return self._create(size, fill, inheritable=inheritable)
         finally:
             if not src.readonly:
                 wipe_buffer(src)
             src.release()
 
-    def create_random(self, size: int) -> Secret:
+    def create_random(self, size: int, *, inheritable: bool = False) -> Secret:
         """A new secret of ``size`` bytes from the OS CSPRNG, written straight into its pages."""
-        return self._create(check_size(size), None)
+        return self._create(check_size(size), None, inheritable=inheritable)
 
-    def from_fd(self, fd: int, size: int) -> Secret:
+    def from_fd(self, fd: int, size: int, *, inheritable: bool = False) -> Secret:
         """Read exactly ``size`` bytes from file descriptor ``fd`` straight into a new secret.
 
         Raises ``ValueError`` naming how many bytes came if the input ends early; nothing is left
@@ -132,9 +136,11 @@ class SecretFactory:
 
         fill = _ingress.fd_filler(fd, n)
 
-        return self._create(n, fill)
+        return self._create(n, fill, inheritable=inheritable)
 
-    def from_stream(self, stream: Any, size: int, until: bytes | None = None) -> Secret:
+    def from_stream(
+        self, stream: Any, size: int, until: bytes | None = None, *, inheritable: bool = False
+    ) -> Secret:
         """Read with ``stream.readinto`` straight into a new secret: exactly ``size`` bytes, or,
         with ``until`` (one byte, such as ``b"\\n"``), a line of at most ``size`` bytes.
 
@@ -162,13 +168,15 @@ class SecretFactory:
             )
         n = check_size(size)
         if until is not None:
-            return self._read_line(readinto, n, until, "the stream")
+            return self._read_line(readinto, n, until, "the stream", inheritable)
 
         fill = _ingress.stream_filler(readinto, n)
 
-        return self._create(n, fill)
+        return self._create(n, fill, inheritable=inheritable)
 
-    def from_stdin(self, max_size: int = 4096, until: bytes | None = b"\n") -> Secret:
+    def from_stdin(
+        self, max_size: int = 4096, until: bytes | None = b"\n", *, inheritable: bool = False
+    ) -> Secret:
         """Read a line from standard input straight into a new secret (``vault kv get -field=k
         ... | app``): at most ``max_size`` bytes, ending at ``until`` (not included) or at the
         end of input; ``until=None`` reads everything to the end of input.
@@ -198,9 +206,9 @@ class SecretFactory:
         def read_into(b: memoryview) -> int:
             return os.readv(fd, [b])
 
-        return self._read_line(read_into, n, until, "standard input")
+        return self._read_line(read_into, n, until, "standard input", inheritable)
 
-    def from_env(self, name: str) -> Secret:
+    def from_env(self, name: str, *, inheritable: bool = False) -> Secret:
         """Move the environment variable ``name``'s value into a new secret, and out of the
         environment.
 
@@ -245,12 +253,17 @@ class SecretFactory:
         def fill(view: memoryview) -> None:
             copy_bytes(view, data[key])
 
-        secret = self._create(check_size(size), fill)
+        secret = self._create(check_size(size), fill, inheritable=inheritable)
         take_environ(key, data, key)
         return secret
 
     def _read_line(
-        self, read_into: Callable[[memoryview], Any], limit: int, until: object, what: str
+        self,
+        read_into: Callable[[memoryview], Any],
+        limit: int,
+        until: object,
+        what: str,
+        inheritable: bool,
     ) -> Secret:
         delim = _ingress.delimiter(until)
         with scratch(limit + 1) as buf:
@@ -260,9 +273,15 @@ class SecretFactory:
                 with buf[:n] as part:
                     copy_bytes(view, part)
 
-            return self._create(n, fill)
+            return self._create(n, fill, inheritable=inheritable)
 
-    def from_file(self, path: str | os.PathLike[str], size: int | None = None) -> Secret:
+    def from_file(
+        self,
+        path: str | os.PathLike[str],
+        size: int | None = None,
+        *,
+        inheritable: bool = False,
+    ) -> Secret:
         """Read a key file (its whole content, or its first ``size`` bytes) into a new secret,
         unbuffered, with no copy on the heap."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -271,7 +290,7 @@ class SecretFactory:
                 size = os.fstat(fd).st_size
                 if size == 0:
                     raise ValueError(f"{os.fspath(path)!r} is empty")
-            return self.from_fd(fd, size)
+            return self.from_fd(fd, size, inheritable=inheritable)
         finally:
             os.close(fd)
 
@@ -281,6 +300,7 @@ class SecretFactory:
         *,
         max_size: int = 1024,
         tty: int | str | os.PathLike[str] | None = None,
+        inheritable: bool = False,
     ) -> Secret:
         """Write ``prompt`` to the terminal and read a passphrase with echo off into a new secret.
 
@@ -297,7 +317,10 @@ class SecretFactory:
         """
         from ._prompt import read_passphrase
 
-        return read_passphrase(self._create, prompt, max_size=max_size, tty=tty)
+        def create(size: int, fill: Callable[[memoryview], None] | None) -> Secret:
+            return self._create(size, fill, inheritable=inheritable)
+
+        return read_passphrase(create, prompt, max_size=max_size, tty=tty)
 
 
 def _default_class() -> type[SecretFactory]:

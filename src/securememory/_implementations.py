@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._region import SHARE_HEADER, Backing, Layout, secretmem_unavailable
 from ._region import UNSUPPORTED as _UNSUPPORTED
-from ._region import Backing, Layout, secretmem_unavailable
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -32,9 +32,21 @@ class Implementation:
     backing: Backing
     hidden_from_kernel: bool  # out of the kernel's direct map: not in /proc/<pid>/mem, ptrace
 
-    def layout(self, size: int) -> Layout:
-        """The layout of a secret of ``size`` bytes."""
-        return Layout.guarded(size) if self.guarded else Layout.plain(size)
+    def layout(self, size: int, shareable: bool = False) -> Layout:
+        """The layout of a secret of ``size`` bytes (a shareable plain one has its live marker
+        in front of the data; a guarded one's canary is its marker)."""
+        if self.guarded:
+            return Layout.guarded(size)
+        return Layout.plain(size, SHARE_HEADER if shareable else 0)
+
+    def placement(self, size: int, shareable: bool = False) -> tuple[Layout, Backing]:
+        """The layout and backing of a secret of ``size`` bytes. A shareable one (made with
+        ``inheritable=True``, or received from another process) is a file other processes can
+        map: ``memfd_secret`` for secretmem, a sealed ``memfd`` for the others."""
+        backing = self.backing
+        if shareable and backing is Backing.ANONYMOUS:
+            backing = Backing.MEMFD
+        return self.layout(size, shareable), backing
 
     def unavailable(self) -> str | None:
         """Why this host cannot make it, or ``None``."""

@@ -48,12 +48,14 @@ from ._backend import (
 from .errors import UnsupportedPlatformError
 
 MAX_SIZE = 1 << 30
+SHARE_HEADER = 16  # a shareable plain region's live marker, in front of its data
 R = TypeVar("R", bound=Region)
 
 __all__ = [
     "BACKEND",
     "MAX_SIZE",
     "PAGE_SIZE",
+    "SHARE_HEADER",
     "UNSUPPORTED",
     "Backing",
     "Layout",
@@ -107,10 +109,11 @@ class Layout:
     canary_len: int  # the canary in front of the data (guarded), else 0
 
     @classmethod
-    def plain(cls, size: int) -> Layout:
-        """The data at the start of whole pages, then one unlocked no-access separator page."""
-        inner = _round_up(size)
-        return cls(size, inner + PAGE_SIZE, 0, inner, 0, 0)
+    def plain(cls, size: int, header: int = 0) -> Layout:
+        """The data at the start of whole pages (after ``header`` bytes: a shareable region's
+        live marker, see :data:`SHARE_HEADER`), then one unlocked no-access separator page."""
+        inner = _round_up(size + header)
+        return cls(size, inner + PAGE_SIZE, 0, inner, header, 0)
 
     @classmethod
     def guarded(cls, size: int) -> Layout:

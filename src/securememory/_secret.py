@@ -42,6 +42,7 @@ __all__ = [
     "Layout",
     "Secret",
     "SecretReader",
+    "adopt",
     "check_size",
     "copy_bytes",
     "create",
@@ -93,6 +94,12 @@ class Secret(_region.Region):
     makes an ordinary, unwiped copy), and anything against root or a debugger attached to the
     process.
 
+    Shared secrets (made with ``inheritable=True``, inherited over ``fork``, received with
+    :func:`securememory.receive` or through ``multiprocessing``): every process maps the same
+    pages and locks its own view. :meth:`close` wipes them only in the process that created the
+    secret; elsewhere it unmaps this process's view, and an access begun after the creator's
+    wipe raises :class:`SecretClosedError`. See :mod:`securememory._share`.
+
     Inherited from the compiled core: ``access()`` (``with s.access() as view:``),
     ``with_bytes(action)``, ``closed``, ``len()``.
     """
@@ -127,7 +134,9 @@ class Secret(_region.Region):
         )
 
     def close(self) -> None:
-        """Refuse new accesses, wait for running ones to end, then wipe and free the memory.
+        """Refuse new accesses, wait for running ones to end, then wipe and free the memory
+        (a shared secret's pages are wiped only by the process that created it; any other
+        process only unmaps its view, and the creator does not wait for other processes).
 
         Idempotent. Raises :class:`SecureMemoryError`, and leaves the secret open, when waiting
         could never end: called inside an access of this secret, while another asyncio task (or
@@ -222,10 +231,11 @@ def create(
 ) -> Secret:
     """A new secret of ``size`` bytes: ``write(view)`` fills it through a writable view of its
     pages (``None``: from the kernel's CSPRNG). On any failure the region is wiped and freed."""
+    layout, backing = spec.placement(size, shareable=inheritable)
     secret = _region.new_region(
         Secret,
-        spec.layout(size),
-        spec.backing,
+        layout,
+        backing,
         spec=spec,
         site=_creation_site(),
         inheritable=inheritable,
@@ -241,6 +251,26 @@ def create(
     else:
         _region.fill(secret, write)
     return secret
+
+
+def adopt(spec: Implementation, size: int, fd: int, *, inheritable: bool = False) -> Secret:
+    """A :class:`Secret` over the pages of a shareable secret another process created, from its
+    descriptor ``fd``, which the new secret owns from now on (closed on failure too).
+
+    The descriptor is checked (a ``memfd_secret`` file, or a sealed ``memfd``, of the size
+    ``spec`` and ``size`` imply) and made close-on-exec; the creator's live marker must be in the
+    pages (``SecretClosedError`` if its creator has wiped them). This process locks its own view
+    and only unmaps it on close; the creator's close wipes for every process."""
+    layout, backing = spec.placement(check_size(size), shareable=True)
+    return _region.new_region(
+        Secret,
+        layout,
+        backing,
+        spec=spec,
+        site=_creation_site(),
+        inheritable=inheritable,
+        fd=fd,
+    )
 
 
 class SecretReader(io.RawIOBase):
