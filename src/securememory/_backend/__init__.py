@@ -207,6 +207,42 @@ def secretmem_unavailable() -> str | None:
     return f"memfd_secret failed: {os.strerror(err)} (errno {err})"
 
 
+# -- sealed enclaves (issue 11) -------------------------------------------------------------------
+
+_native.enclave_core()  # readies the type and adds it to the module
+from ._native import EnclaveCore  # noqa: E402
+enclave_seal = _native.enclave_seal
+enclave_random = _native.enclave_random
+enclave_rekey = _native.enclave_rekey
+enclave_purge = _native.enclave_purge
+enclave_stats = _native.enclave_stats
+
+_ENCLAVE_CRYPTO = (
+    "crypto_aead_xchacha20poly1305_ietf_encrypt",
+    "crypto_aead_xchacha20poly1305_ietf_decrypt",
+    "crypto_generichash_blake2b_salt_personal",
+)
+
+
+def enclave_setup() -> None:
+    """Hand the compiled core libsodium's XChaCha20-Poly1305 and BLAKE2b (PyNaCl's bundled copy,
+    by address: no cryptography is written here) and the keyring's backing: ``memfd_secret``
+    where the kernel has it, else locked private pages. Idempotent. ``ImportError`` without
+    PyNaCl."""
+    try:
+        import nacl.bindings
+        from nacl._sodium import ffi, lib
+    except ImportError as e:
+        raise ImportError(
+            "securememory.Enclave needs libsodium through PyNaCl: pip install "
+            f"'securememory[enclave]' (or pip install pynacl) ({e})"
+        ) from e
+    nacl.bindings.sodium_init()
+    addresses = [int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in _ENCLAVE_CRYPTO]
+    backing = SECRETMEM if secretmem_unavailable() is None else ANONYMOUS
+    _native.enclave_setup(*addresses, backing)
+
+
 def disable_core_dumps() -> None:
     """Set the ``RLIMIT_CORE`` soft limit to 0; the hard limit is left as it is."""
     _, hard = resource.getrlimit(resource.RLIMIT_CORE)
@@ -224,6 +260,7 @@ __all__ = [
     "ANONYMOUS",
     "CANARY_MIN",
     "CAN_EXCLUDE_FROM_DUMPS",
+    "EnclaveCore",
     "MEMFD",
     "NAME",
     "PAGE_SIZE",
@@ -237,6 +274,12 @@ __all__ = [
     "current_context",
     "disable_core_dumps",
     "drop_ipc_lock_capability",
+    "enclave_purge",
+    "enclave_random",
+    "enclave_rekey",
+    "enclave_seal",
+    "enclave_setup",
+    "enclave_stats",
     "explain",
     "fill_random",
     "map_budget",

@@ -1483,6 +1483,9 @@ static PyObject *mod_trace(PyObject *m, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* -- sealed enclaves (issue 11): their own file ------------------------------------------------ */
+#include "enclave.c"
+
 static PyMethodDef module_methods[] = {
     {"inject", mod_inject, METH_VARARGS, NULL},
     {"trace", mod_trace, METH_O, NULL},
@@ -1498,6 +1501,7 @@ static PyMethodDef module_methods[] = {
     {"read_byte", mod_read_byte, METH_O, NULL},
     {"write_byte", mod_write_byte, METH_VARARGS, NULL},
     {"drop_capability", mod_drop_capability, METH_O, NULL},
+    ENCLAVE_METHODS /* sealed enclaves (issue 11) */
     {NULL, NULL, 0, NULL},
 };
 

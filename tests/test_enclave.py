@@ -1,0 +1,308 @@
+"""Sealed enclaves (issue 11): the contract, bad input, threads and nested opens, fork.
+
+The scale child and the memory scans are in test_enclave_scale.py and test_enclave_proof.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import signal
+import threading
+
+import pytest
+
+pytest.importorskip("nacl", reason="sealed enclaves need PyNaCl (the 'enclave' extra)")
+
+import securememory
+from securememory import Enclave, SecretClosedError, SecretFactory, SecureMemoryError
+from securememory._enclave import enclave_stats
+
+
+def test_seal_open_roundtrip_and_source_wiped() -> None:
+    src = bytearray(b"attack at dawn")
+    e = Enclave.seal(src)
+    assert src == bytearray(len(src)), "a writable source is wiped"
+    assert e.size == len(e) == 14
+    with e.open() as view:
+        assert isinstance(view, memoryview) and view.readonly
+        assert bytes(view) == b"attack at dawn"
+    with pytest.raises(ValueError):  # released at the end of the block
+        view[0]
+    # bytes stays as it is (it cannot be wiped), and is sealed all the same
+    with Enclave.seal(b"xyz").open() as v:
+        assert bytes(v) == b"xyz"
+
+
+def test_ciphertext_is_not_the_plaintext_and_differs_each_seal() -> None:
+    a, b = Enclave.seal(b"same data here!!"), Enclave.seal(b"same data here!!")
+    assert b"same data here" not in a._sealed
+    assert len(a._sealed) == 16 + 24 + 16
+    assert a._sealed != b._sealed  # a random nonce each time
+
+
+def test_random_secret_seal_and_open_secret() -> None:
+    e = Enclave.random(32)
+    with e.open() as v:
+        first = bytes(v)
+    assert len(first) == 32 and first != bytes(32)
+    with e.open_secret() as s:
+        assert isinstance(s, securememory.Secret)
+        assert s.with_bytes(bytes) == first
+        e2 = s.seal()
+        assert not s.closed, "the secret stays open"
+    with e2.open() as v:
+        assert bytes(v) == first
+    f = SecretFactory()
+    with e.open_secret(f) as s2:
+        assert s2.implementation == f.implementation
+        assert s2.with_bytes(bytes) == first
+    with pytest.raises(TypeError):
+        e.open_secret(object())  # type: ignore[arg-type]
+
+
+def test_big_enclave_uses_a_dedicated_region() -> None:
+    data = os.urandom(100_000)
+    e = Enclave.seal(data)
+    before = securememory.stats().mappings
+    with e.open() as v:
+        assert bytes(v) == data
+        during = securememory.stats().mappings
+    assert during is not None and before is not None and during > before
+    assert securememory.stats().mappings == before, "the dedicated mapping is unmapped"
+
+
+def test_close_is_idempotent_and_context_manager() -> None:
+    with Enclave.seal(b"k" * 32) as e:
+        assert not e.closed
+    assert e.closed
+    e.close()
+    with pytest.raises(SecretClosedError), e.open():
+        pass
+    with pytest.raises(SecretClosedError):
+        e.open_secret()
+
+
+def test_repr_pickle_copy() -> None:
+    e = Enclave.seal(b"supersecretvalue")
+    assert "supersecret" not in repr(e) and "16 bytes" in repr(e)
+    assert "supersecret" not in str(e)
+    for attempt in (lambda: pickle.dumps(e), lambda: copy.copy(e), lambda: copy.deepcopy(e)):
+        with pytest.raises(TypeError):
+            attempt()
+    with pytest.raises(TypeError):
+        Enclave()  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "bad,exc",
+    [("text", TypeError), (b"", ValueError), (12, TypeError), (None, TypeError)],
+)
+def test_bad_input_seal(bad: object, exc: type[Exception]) -> None:
+    before = enclave_stats()
+    with pytest.raises(exc):
+        Enclave.seal(bad)
+    after = enclave_stats()
+    assert (after.slots_busy, after.slots_retired) == (before.slots_busy, before.slots_retired)
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-1, ValueError), ("32", TypeError),
+                                     (True, TypeError), ((1 << 30) + 1, ValueError)])
+def test_bad_input_random(bad: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        Enclave.random(bad)  # type: ignore[arg-type]
+
+
+def test_open_context_cannot_be_entered_twice() -> None:
+    e = Enclave.seal(b"abc")
+    ctx = e.open()
+    with ctx:
+        with pytest.raises(RuntimeError), ctx:
+            pass
+    with pytest.raises(RuntimeError), ctx:
+        pass
+
+
+def test_slot_wiped_on_exception_and_freed() -> None:
+    e = Enclave.seal(b"secret")
+    with pytest.raises(KeyError), e.open():
+        raise KeyError("boom")
+    st = enclave_stats()
+    assert st.slots_busy == 0 and st.slots_retired == 0
+
+
+def test_kept_slice_reads_zeros_not_plaintext() -> None:
+    a = Enclave.seal(b"AAAAAAAAAAAAAAAA")
+    b = Enclave.seal(b"BBBBBBBBBBBBBBBB")
+    with a.open() as v:
+        kept = v[2:]
+    assert bytes(kept) == bytes(14), "the slot was wiped"
+    assert enclave_stats().slots_retired == 1
+    with b.open() as w:  # the retired slot is not reused while `kept` lives
+        assert bytes(w) == b"B" * 16
+        assert bytes(kept) == bytes(14)
+    del kept
+    assert enclave_stats().slots_retired == 0
+    # control: inside the block a slice does read the plaintext
+    with a.open() as v:
+        assert bytes(v[2:4]) == b"AA"
+
+
+def test_tampered_ciphertext_is_refused() -> None:
+    e = Enclave.seal(b"0123456789abcdef")
+    raw = bytearray(e._sealed)
+    # flip one ciphertext bit through the object's own buffer: find it by id (CPython layout)
+    import ctypes
+
+    addr = id(e)
+    blob = ctypes.string_at(addr, 200)
+    off = blob.find(bytes(raw))
+    assert off > 0
+    ctypes.memset(addr + off + 30, raw[30] ^ 1, 1)
+    with pytest.raises(SecureMemoryError, match="does not authenticate"), e.open():
+        pass
+    assert enclave_stats().slots_busy == 0
+
+
+def test_nested_and_many_opens_beyond_the_pool() -> None:
+    es = [Enclave.seal(bytes([i]) * 32) for i in range(40)]
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        views = [stack.enter_context(e.open()) for e in es]  # 40 > 32 slots: some dedicated
+        assert [bytes(v) for v in views] == [bytes([i]) * 32 for i in range(40)]
+        assert enclave_stats().slots_busy == 32
+    st = enclave_stats()
+    assert st.slots_busy == 0 and st.slots_retired == 0
+
+
+def test_threads_open_concurrently() -> None:
+    es = [Enclave.seal(os.urandom(48)) for _ in range(8)]
+    plain = []
+    for e in es:
+        with e.open() as v:
+            plain.append(bytes(v))
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(2000):
+                j = (i + k) % len(es)
+                with es[j].open() as v, es[(j + 1) % len(es)].open() as w:
+                    assert bytes(v) == plain[j]
+                    assert bytes(w) == plain[(j + 1) % len(es)]
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert enclave_stats().slots_busy == 0
+
+
+def test_rekey_keeps_enclaves_and_changes_the_halves() -> None:
+    e = Enclave.seal(b"still here")
+    st = enclave_stats()
+    assert st.locked_bytes > 0 and st.has_key
+    Enclave.rekey()
+    with e.open() as v:
+        assert bytes(v) == b"still here"
+
+
+def _child(fn: object) -> tuple[int, bytes]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(r)
+        code = 0
+        try:
+            out = fn()  # type: ignore[operator]
+            os.write(w, out)
+        except BaseException as exc:
+            os.write(w, repr(exc).encode())
+            code = 1
+        os._exit(code)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return status, data
+
+
+def test_fork_child_is_refused_and_parent_intact() -> None:
+    e = Enclave.seal(b"parent secret")
+    before = enclave_stats()
+
+    def in_child() -> bytes:
+        try:
+            with e.open():
+                return b"OPENED"
+        except SecureMemoryError as exc:
+            msg = str(exc)
+        # the child can seal and open its own
+        mine = Enclave.seal(b"child's own")
+        with mine.open() as v:
+            ok = bytes(v) == b"child's own"
+        try:
+            with e.open():
+                return b"OPENED-after"
+        except SecureMemoryError:
+            pass
+        return f"{ok}|{msg}".encode()
+
+    status, out = _child(in_child)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
+    ok, msg = out.decode().split("|", 1)
+    assert ok == "True"
+    assert "forked" in msg
+    with e.open() as v:
+        assert bytes(v) == b"parent secret"
+    after = enclave_stats()
+    assert after.keyring_address == before.keyring_address and after.has_key
+
+
+def test_fork_inside_an_open_leaves_parent_intact() -> None:
+    e = Enclave.seal(b"inside")
+    with e.open() as v:
+        status, out = _child(lambda: b"ok")
+        assert bytes(v) == b"inside"
+    assert os.WIFEXITED(status) and out == b"ok"
+    assert enclave_stats().slots_busy == 0
+
+
+def test_enclave_keyring_is_locked_and_out_of_dumps() -> None:
+    Enclave.seal(b"x")
+    st = enclave_stats()
+    start = st.keyring_address
+    with open("/proc/self/smaps") as f:
+        text = f.read()
+    found = None
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        head = line.split()[0] if line else ""
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            if lo <= start < hi:
+                j = i + 1
+                fields = {}
+                while j < len(lines) and ":" in lines[j].split()[0]:
+                    k, _, rest = lines[j].partition(":")
+                    fields[k] = rest.strip()
+                    j += 1
+                found = fields
+                break
+    assert found is not None
+    flags = found["VmFlags"].split()
+    assert "dd" in flags, flags  # MADV_DONTDUMP
+    assert "lo" in flags or st.secretmem, flags  # locked (secretmem pages are locked too)
+    assert "dc" in flags, flags  # MADV_DONTFORK
+
+
+def test_signal_default_untouched_without_catch_signals() -> None:
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
