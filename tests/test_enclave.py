@@ -306,3 +306,32 @@ def test_enclave_keyring_is_locked_and_out_of_dumps() -> None:
 
 def test_signal_default_untouched_without_catch_signals() -> None:
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_crypto_accepts_an_enclave_as_key() -> None:
+    crypto = pytest.importorskip("securememory.crypto", reason="needs the crypto extra")
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as chmac
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    raw = os.urandom(32)
+    e = Enclave.seal(raw)
+    nonce = os.urandom(12)
+    box = crypto.AEAD(e)
+    ct = box.encrypt(nonce, b"record", b"hdr")
+    assert AESGCM(raw).decrypt(nonce, ct, b"hdr") == b"record"
+    assert box.decrypt(nonce, ct, b"hdr") == b"record"
+    with box.decrypt_to_secret(nonce, box.encrypt(nonce, raw, None), None) as s:
+        assert s.with_bytes(bytes) == raw
+    inner = Enclave.seal(b"k" * 32)
+    assert AESGCM(raw).decrypt(nonce, box.encrypt_secret(nonce, inner), None) == b"k" * 32
+    mac = chmac.HMAC(raw, hashes.SHA256())
+    mac.update(b"data")
+    assert crypto.hmac(e, b"data") == mac.finalize()
+    want = HKDF(hashes.SHA256(), 32, b"salt", b"info").derive(raw)
+    with crypto.hkdf(e, 32, b"salt", b"info") as derived:
+        assert derived.with_bytes(bytes) == want
+    with pytest.raises(TypeError):
+        crypto.AEAD(raw)  # type: ignore[arg-type]
+    assert enclave_stats().slots_busy == 0

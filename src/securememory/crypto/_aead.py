@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from .._factory import SecretFactory
 from .._secret import Secret
-from ._common import Buffer, T, default_factory, nbytes, require_secret
+from ._common import Buffer, Key, T, default_factory, key_access, nbytes, require_key
 
 _Cipher = Union[AESGCM, ChaCha20Poly1305]
 
@@ -61,7 +61,9 @@ class AEAD:
     """Authenticated encryption with a key that is a :class:`Secret`.
 
     ``algorithm`` is ``"aes-256-gcm"`` or ``"chacha20-poly1305"``; both take a 32-byte key and a
-    12-byte nonce and add a 16-byte tag. The key stays in its secret: every call opens one access,
+    12-byte nonce and add a 16-byte tag. The key may also be an :class:`~securememory.Enclave`
+    (each call opens it: the plaintext key sits in a locked scratch slot for that call only).
+    The key stays in its secret: every call opens one access,
     builds ``cryptography``'s cipher inside it and drops it before the access ends (see the module
     docstring for where OpenSSL copies the key and why that copy is wiped), then runs the same
     operation once more under an all-zero key to overwrite the CPU registers the real one left
@@ -74,8 +76,8 @@ class AEAD:
 
     __slots__ = ("_cipher", "_key", "algorithm")
 
-    def __init__(self, key: Secret, algorithm: str = "aes-256-gcm") -> None:
-        self._key = require_secret(key, "key")
+    def __init__(self, key: Key, algorithm: str = "aes-256-gcm") -> None:
+        self._key = require_key(key, "key")
         try:
             self._cipher = _CIPHERS[algorithm]
         except (KeyError, TypeError):
@@ -93,7 +95,7 @@ class AEAD:
         """``use(cipher)`` with a cipher built inside one access of the key and dropped at its
         end; then the register scrub, also when ``use`` raised."""
         try:
-            with self._key.access() as key:
+            with key_access(self._key) as key:
                 cipher = self._cipher(key)
                 try:
                     return use(cipher)
@@ -155,14 +157,15 @@ class AEAD:
         return self._run(True, size, unwrap)
 
     def encrypt_secret(
-        self, nonce: Buffer, secret: Secret, associated_data: Buffer | None = None
+        self, nonce: Buffer, secret: Key, associated_data: Buffer | None = None
     ) -> bytes:
-        """Wrap a key: encrypt the content of ``secret`` (read inside its access, no copy)."""
-        require_secret(secret, "secret")
+        """Wrap a key: encrypt the content of ``secret`` (a Secret read inside its access, or an
+        Enclave inside an open; no copy)."""
+        require_key(secret, "secret")
         _check_nonce(nonce)
 
         def wrap(cipher: _Cipher) -> bytes:
-            with secret.access() as plaintext:
+            with key_access(secret) as plaintext:
                 return cipher.encrypt(nonce, plaintext, associated_data)
 
         return self._run(False, len(secret), wrap)
