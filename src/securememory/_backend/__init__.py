@@ -216,6 +216,7 @@ enclave_random = _native.enclave_random
 enclave_rekey = _native.enclave_rekey
 enclave_purge = _native.enclave_purge
 enclave_stats = _native.enclave_stats
+enclave_reveal = _native.enclave_reveal  # the live proofs only
 
 _ENCLAVE_CRYPTO = (
     "crypto_aead_xchacha20poly1305_ietf_encrypt",
@@ -276,6 +277,7 @@ __all__ = [
     "drop_ipc_lock_capability",
     "enclave_purge",
     "enclave_random",
+    "enclave_reveal",
     "enclave_rekey",
     "enclave_seal",
     "enclave_setup",

@@ -759,6 +759,21 @@ static PyObject *mod_enclave_stats(PyObject *m, PyObject *noargs) {
                          ek.seals, ek.backing);
 }
 
+static PyObject *mod_enclave_reveal(PyObject *m, PyObject *arg) {
+    /* The live proofs only: write the key's two halves (L || R, 64 bytes) to a file descriptor
+     * straight from the keyring (no copy in this process's memory), so a test can compute the
+     * key and search the process for it. As read_byte, it hands out what it protects. */
+    (void)m;
+    int fd = (int)PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    if (ek_ready() < 0) return NULL;
+    if (write(fd, ek.left, EK_KEY) != EK_KEY || write(fd, ek.right, EK_KEY) != EK_KEY) {
+        raise_os("write", errno, 2 * EK_KEY);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 #define ENCLAVE_METHODS                                                                          \
     {"enclave_core", mod_enclave_core, METH_NOARGS, NULL},                                       \
         {"enclave_setup", mod_enclave_setup, METH_VARARGS, NULL},                                \
@@ -766,6 +781,7 @@ static PyObject *mod_enclave_stats(PyObject *m, PyObject *noargs) {
         {"enclave_random", mod_enclave_random, METH_VARARGS, NULL},                              \
         {"enclave_rekey", mod_enclave_rekey, METH_NOARGS, NULL},                                 \
         {"enclave_purge", mod_enclave_purge, METH_NOARGS, NULL},                                 \
-        {"enclave_stats", mod_enclave_stats, METH_NOARGS, NULL},
+        {"enclave_stats", mod_enclave_stats, METH_NOARGS, NULL},                                 \
+        {"enclave_reveal", mod_enclave_reveal, METH_O, NULL},
 
 /* ==== end of sealed enclaves ================================================================== */
