@@ -92,7 +92,7 @@ def test_repr_pickle_copy() -> None:
         with pytest.raises(TypeError):
             attempt()
     with pytest.raises(TypeError):
-        Enclave()  # type: ignore[call-arg]
+        Enclave()
 
 
 @pytest.mark.parametrize(
@@ -107,8 +107,16 @@ def test_bad_input_seal(bad: object, exc: type[Exception]) -> None:
     assert (after.slots_busy, after.slots_retired) == (before.slots_busy, before.slots_retired)
 
 
-@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-1, ValueError), ("32", TypeError),
-                                     (True, TypeError), ((1 << 30) + 1, ValueError)])
+@pytest.mark.parametrize(
+    "bad,exc",
+    [
+        (0, ValueError),
+        (-1, ValueError),
+        ("32", TypeError),
+        (True, TypeError),
+        ((1 << 30) + 1, ValueError),
+    ],
+)
 def test_bad_input_random(bad: object, exc: type[Exception]) -> None:
     with pytest.raises(exc):
         Enclave.random(bad)  # type: ignore[arg-type]
@@ -117,9 +125,8 @@ def test_bad_input_random(bad: object, exc: type[Exception]) -> None:
 def test_open_context_cannot_be_entered_twice() -> None:
     e = Enclave.seal(b"abc")
     ctx = e.open()
-    with ctx:
-        with pytest.raises(RuntimeError), ctx:
-            pass
+    with ctx, pytest.raises(RuntimeError), ctx:
+        pass
     with pytest.raises(RuntimeError), ctx:
         pass
 
@@ -333,5 +340,5 @@ def test_crypto_accepts_an_enclave_as_key() -> None:
     with crypto.hkdf(e, 32, b"salt", b"info") as derived:
         assert derived.with_bytes(bytes) == want
     with pytest.raises(TypeError):
-        crypto.AEAD(raw)  # type: ignore[arg-type]
+        crypto.AEAD(raw)
     assert enclave_stats().slots_busy == 0

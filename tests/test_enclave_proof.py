@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import require  # noqa: E402
+from conftest import require
 
-from securememory import _inspect, _probe, _region  # noqa: E402
+from securememory import _inspect, _probe, _region
 
 N_SEALS = 10_000
 N_OPENS = 100_000
@@ -105,8 +105,9 @@ class _Worker(_probe._Child):
             except SecureMemoryError:
                 refused += 1
         open_secrets = [k for k, s in self.secrets.items() if not s.closed]
-        self.reply(closed=closed, refused=refused, open_secrets=open_secrets,
-                   live=stats().live_secrets)
+        self.reply(
+            closed=closed, refused=refused, open_secrets=open_secrets, live=stats().live_secrets
+        )
 
     def do_catch(self) -> None:
         """Install catch_signals(SIGTERM); the hook reports, then waits for the parent's scan."""
@@ -222,7 +223,9 @@ def evidence() -> Evidence:
             os.remove(os.path.join(tmp, f"gcore.{w.pid}"))
         w.send("plain_copy 0")
         ev.control_live = _inspect.scan_memory(w.pid, [ev.plaintexts[0]])
-        w.send("make secretmem 32" if _region.secretmem_unavailable() is None else "make guarded 32")
+        w.send(
+            "make secretmem 32" if _region.secretmem_unavailable() is None else "make guarded 32"
+        )
         ev.purge = w.send("purge")
         purged_values = [v for k, v in ev.needles.items() if k != "plaintext-0"]
         ev.purged_live = _inspect.scan_memory(w.pid, purged_values + ev.sealed[:8])
@@ -250,7 +253,7 @@ def test_live_scan_finds_no_plaintext_and_no_key(evidence: Evidence) -> None:
     assert not _found(evidence.live, evidence, list(evidence.needles))
     assert all(evidence.live.found(s) for s in evidence.sealed[:8]), "the ciphertexts are there"
     if evidence.secretmem:
-        lo, hi = evidence.keyring
+        lo = evidence.keyring[0]
         assert any(a <= lo < b for a, b, _ in evidence.live.unreadable), "keyring unreadable"
 
 

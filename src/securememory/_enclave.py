@@ -11,32 +11,19 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import Any, Callable, NoReturn, Protocol, TypeVar, Union
 
-from . import _ingress, _process, _region
+from . import _process, _region
 from ._implementations import DEFAULT_ORDER
-from ._region import EnclaveCore, check_size, wipe_buffer
+from ._region import EnclaveCore, check_size
 from ._secret import Secret, create
 from .errors import UnsupportedPlatformError
 
 __all__ = ["Enclave", "EnclaveStats", "catch_signals", "enclave_stats", "purge"]
 
 E = TypeVar("E", bound="Enclave")
-_setup_lock = threading.Lock()
-_ready = False
-
-
-def _ensure_setup() -> None:
-    global _ready
-    if _ready:
-        return
-    with _setup_lock:
-        if not _ready:
-            _region.enclave_setup()
-            _ready = True
 
 
 class _MakesSecrets(Protocol):
@@ -51,7 +38,8 @@ class Enclave(EnclaveCore):
     """A secret sealed with the process's key: ciphertext in ordinary memory, plaintext only in
     locked scratch pages for the length of a ``with e.open() as view:`` block.
 
-    Make one with :meth:`seal`, :meth:`random` or :meth:`Secret.seal`. Each costs about 100 bytes
+    Make one with ``Enclave.seal(data)`` (a writable source is wiped), :meth:`random` or
+    :meth:`Secret.seal`. Each costs about 100 bytes
     of ordinary memory and no mapping, lock or file descriptor: a million fit in a process whose
     ``RLIMIT_MEMLOCK`` is 64 KiB.
 
@@ -74,36 +62,14 @@ class Enclave(EnclaveCore):
     __slots__ = ()
 
     @classmethod
-    def seal(cls: type[E], data: object) -> E:
-        """Seal a copy of ``data`` (any C-contiguous bytes-like object of 1 byte to 1 GiB).
-
-        A writable source (bytearray, writable memoryview...) is wiped right after, also on
-        failure; a ``bytes`` source cannot be wiped and stays wherever it came from.
-        """
-        src = _ingress.source_view(data)
-        try:
-            if src.nbytes == 0:
-                raise ValueError("cannot seal 0 bytes")
-            check_size(src.nbytes)
-            _ensure_setup()
-            return _region.enclave_seal(cls, src)
-        finally:
-            if not src.readonly:
-                wipe_buffer(src)
-            src.release()
-
-    @classmethod
     def random(cls: type[E], size: int) -> E:
         """``size`` bytes from the kernel's CSPRNG, written only into locked scratch, sealed."""
-        n = check_size(size)
-        _ensure_setup()
-        return _region.enclave_random(cls, n)
+        return _region.enclave_random(cls, check_size(size))
 
     @staticmethod
     def rekey() -> None:
         """Split the process's key anew (new random L, R = BLAKE2b(L) xor K): a copy of the
         halves taken before is useless with the halves after. Every enclave stays valid."""
-        _ensure_setup()
         _region.enclave_rekey()
 
     def open_secret(self, factory: _MakesSecrets | None = None) -> Secret:
@@ -151,14 +117,13 @@ class Enclave(EnclaveCore):
             "an Enclave cannot be pickled or copied: its key exists only in this process"
         )
 
-    __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = __getstate__ = _refuse  # type: ignore[assignment]
+    __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = __getstate__ = _refuse
 
 
 def _seal_secret(secret: Secret) -> Enclave:
     """The contents of ``secret`` sealed into a new enclave (one access; the secret stays open)."""
-    _ensure_setup()
     with secret.access() as view:
-        return _region.enclave_seal(Enclave, view)
+        return _region.enclave_seal_view(Enclave, view)
 
 
 def purge() -> int:
@@ -176,9 +141,7 @@ Signal = Union[int, signal.Signals]
 _caught: dict[int, Any] = {}
 
 
-def catch_signals(
-    *signals: Signal, after_purge: Callable[[int], None] | None = None
-) -> None:
+def catch_signals(*signals: Signal, after_purge: Callable[[int], None] | None = None) -> None:
     """On any of ``signals`` (default: SIGINT and SIGTERM), :func:`purge`, then end the process
     as the signal would have: its default action is restored and the signal raised again, so
     the process dies by that signal (a parent sees ``-SIGTERM``), or stops for SIGTSTP.
@@ -222,6 +185,12 @@ def enclave_stats() -> EnclaveStats:
     """What the enclave keyring of this process uses right now."""
     address, locked, has_key, busy, retired, opens, seals, backing = _region.enclave_stats()
     return EnclaveStats(
-        address, locked, bool(has_key), busy, retired, opens, seals,
+        address,
+        locked,
+        bool(has_key),
+        busy,
+        retired,
+        opens,
+        seals,
         backing == _region.Backing.SECRETMEM.value and locked > 0,
     )

@@ -18,6 +18,7 @@ import resource
 import sys
 from typing import NamedTuple
 
+from .._ingress import source_view
 from ..errors import MemoryLockError, SecureMemoryError, UnsupportedPlatformError
 
 NAME = "native"
@@ -211,7 +212,8 @@ def secretmem_unavailable() -> str | None:
 
 _native.enclave_core()  # readies the type and adds it to the module
 from ._native import EnclaveCore  # noqa: E402
-enclave_seal = _native.enclave_seal
+
+enclave_seal_view = _native.enclave_seal_view
 enclave_random = _native.enclave_random
 enclave_rekey = _native.enclave_rekey
 enclave_purge = _native.enclave_purge
@@ -239,9 +241,20 @@ def enclave_setup() -> None:
             f"'securememory[enclave]' (or pip install pynacl) ({e})"
         ) from e
     nacl.bindings.sodium_init()
-    addresses = [int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in _ENCLAVE_CRYPTO]
+    encrypt, decrypt, blake2b = (
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in _ENCLAVE_CRYPTO
+    )
     backing = SECRETMEM if secretmem_unavailable() is None else ANONYMOUS
-    _native.enclave_setup(*addresses, backing)
+    _native.enclave_setup(encrypt, decrypt, blake2b, backing)
+
+
+def _refuse_seal(data: object) -> None:
+    """Why ``data`` cannot be sealed (``TypeError``/``ValueError``; a non-contiguous writable
+    source is wiped first, as ``SecretFactory.new`` does)."""
+    source_view(data).release()
+
+
+_native.enclave_hooks(enclave_setup, _refuse_seal)
 
 
 def disable_core_dumps() -> None:
@@ -261,12 +274,12 @@ __all__ = [
     "ANONYMOUS",
     "CANARY_MIN",
     "CAN_EXCLUDE_FROM_DUMPS",
-    "EnclaveCore",
     "MEMFD",
     "NAME",
     "PAGE_SIZE",
     "SECRETMEM",
     "UNSUPPORTED",
+    "EnclaveCore",
     "MapBudget",
     "MemlockBudget",
     "Region",
@@ -277,9 +290,9 @@ __all__ = [
     "drop_ipc_lock_capability",
     "enclave_purge",
     "enclave_random",
-    "enclave_reveal",
     "enclave_rekey",
-    "enclave_seal",
+    "enclave_reveal",
+    "enclave_seal_view",
     "enclave_setup",
     "enclave_stats",
     "explain",

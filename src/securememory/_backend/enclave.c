@@ -101,6 +101,8 @@ typedef struct OpeningObject {
 } OpeningObject;
 
 static PyTypeObject EnclaveCoreType, OpeningType;
+static PyObject *ek_setup_hook;    /* called once, before the first seal: hands over libsodium */
+static PyObject *ek_refusal_hook;  /* says why an object cannot be sealed (and wipes it) */
 static OpeningObject *ek_openings;
 static int ek_types_ready;
 
@@ -189,6 +191,11 @@ static void ek_after_crypto(void) {
 
 /* The keyring and a key in this process, made on first use (and after a fork or a purge). */
 static int ek_ready(void) {
+    if (ek.encrypt == NULL && ek_setup_hook != NULL) {
+        PyObject *r = PyObject_CallNoArgs(ek_setup_hook);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
     if (ek.encrypt == NULL) {
         PyErr_SetString(SecureMemoryError, "the enclave core is not set up (enclave_setup)");
         return -1;
@@ -374,18 +381,52 @@ static int ek_check_type(PyObject *t) {
     return 0;
 }
 
-/* enclave_seal(cls, buffer) -> a new enclave of cls holding buffer's bytes (not wiped here). */
-static PyObject *mod_enclave_seal(PyObject *m, PyObject *args) {
+/* EnclaveCore.seal(data) (a classmethod): a new enclave holding a copy of data's bytes. A
+ * writable source is wiped afterwards, also on failure. What is not a C-contiguous buffer goes
+ * to the refusal hook, which says why (and wipes a non-contiguous writable source). */
+static PyObject *Enclave_seal(PyObject *cls, PyObject *src) {
+    Py_buffer v;
+    if (PyUnicode_Check(src) || !PyObject_CheckBuffer(src) ||
+        PyObject_GetBuffer(src, &v, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        if (ek_refusal_hook != NULL) {
+            PyObject *r = PyObject_CallOneArg(ek_refusal_hook, src);
+            if (r == NULL) return NULL;
+            Py_DECREF(r);
+        }
+        PyErr_Format(PyExc_TypeError, "cannot seal %.100s: expected a bytes-like object",
+                     Py_TYPE(src)->tp_name);
+        return NULL;
+    }
+    EnclaveObject *e = NULL;
+    if (v.len == 0) PyErr_SetString(PyExc_ValueError, "cannot seal 0 bytes");
+    else if (ek_check_size(v.len) == 0) e = ek_seal_bytes((PyTypeObject *)cls, v.buf, (size_t)v.len);
+    if (!v.readonly) secure_zero(v.buf, (size_t)v.len);
+    PyBuffer_Release(&v);
+    return (PyObject *)e;
+}
+
+static PyObject *mod_enclave_hooks(PyObject *m, PyObject *args) {
+    /* enclave_hooks(setup, refuse): see ek_setup_hook and ek_refusal_hook. */
+    (void)m;
+    PyObject *setup, *refuse;
+    if (!PyArg_ParseTuple(args, "OO", &setup, &refuse)) return NULL;
+    Py_INCREF(setup);
+    Py_XSETREF(ek_setup_hook, setup);
+    Py_INCREF(refuse);
+    Py_XSETREF(ek_refusal_hook, refuse);
+    Py_RETURN_NONE;
+}
+
+/* enclave_seal_view(cls, buffer): seal without wiping (a secret's own view, for Secret.seal). */
+static PyObject *mod_enclave_seal_view(PyObject *m, PyObject *args) {
     (void)m;
     PyObject *cls, *src;
     if (!PyArg_ParseTuple(args, "OO", &cls, &src) || ek_check_type(cls) < 0) return NULL;
     Py_buffer v;
     if (PyObject_GetBuffer(src, &v, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (ek_check_size(v.len) < 0) {
-        PyBuffer_Release(&v);
-        return NULL;
-    }
-    EnclaveObject *e = ek_seal_bytes((PyTypeObject *)cls, v.buf, (size_t)v.len);
+    EnclaveObject *e = NULL;
+    if (ek_check_size(v.len) == 0) e = ek_seal_bytes((PyTypeObject *)cls, v.buf, (size_t)v.len);
     PyBuffer_Release(&v);
     return (PyObject *)e;
 }
@@ -472,6 +513,10 @@ static PyObject *Enclave_get(EnclaveObject *e, void *which) {
 }
 
 static PyMethodDef Enclave_methods[] = {
+    {"seal", (PyCFunction)Enclave_seal, METH_O | METH_CLASS,
+     "seal(data): a new enclave holding a copy of data (any C-contiguous bytes-like object of "
+     "1 byte to 1 GiB). A writable source (bytearray, writable memoryview...) is wiped right "
+     "after, also on failure; a bytes source cannot be wiped and stays wherever it came from."},
     {"open", (PyCFunction)Enclave_open, METH_NOARGS,
      "open() -> context manager: `with e.open() as view:` a read-only view of the plaintext "
      "in locked scratch memory, wiped when the block ends."},
@@ -777,7 +822,8 @@ static PyObject *mod_enclave_reveal(PyObject *m, PyObject *arg) {
 #define ENCLAVE_METHODS                                                                          \
     {"enclave_core", mod_enclave_core, METH_NOARGS, NULL},                                       \
         {"enclave_setup", mod_enclave_setup, METH_VARARGS, NULL},                                \
-        {"enclave_seal", mod_enclave_seal, METH_VARARGS, NULL},                                  \
+        {"enclave_hooks", mod_enclave_hooks, METH_VARARGS, NULL},                                \
+        {"enclave_seal_view", mod_enclave_seal_view, METH_VARARGS, NULL},                                  \
         {"enclave_random", mod_enclave_random, METH_VARARGS, NULL},                              \
         {"enclave_rekey", mod_enclave_rekey, METH_NOARGS, NULL},                                 \
         {"enclave_purge", mod_enclave_purge, METH_NOARGS, NULL},                                 \

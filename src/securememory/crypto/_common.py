@@ -50,8 +50,9 @@ def require_secret(obj: object, what: str) -> Secret:
     raise TypeError(
         f"{what} must be a securememory.Secret, not {kind}: a key in a {kind} is an ordinary "
         "heap object that cannot be locked or wiped, and copies of it stay in memory after it "
-        "is gone. Make the key with a SecretFactory or seal it in an Enclave (create_random, from_file, from_fd, "
-        "from_prompt, or new() from a bytearray, which wipes the bytearray)"
+        "is gone. Make the key with a SecretFactory (create_random, from_file, from_fd, "
+        "from_prompt, or new() from a bytearray, which wipes the bytearray), or seal it in an "
+        "Enclave (Enclave.seal(bytearray) wipes it too)"
     )
 
 
