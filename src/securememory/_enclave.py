@@ -21,7 +21,19 @@ from ._region import EnclaveCore, check_size
 from ._secret import Secret, create
 from .errors import UnsupportedPlatformError
 
-__all__ = ["Enclave", "EnclaveStats", "catch_signals", "enclave_stats", "purge"]
+__all__ = [
+    "OPEN_SCRUBS_REGISTERS",
+    "Enclave",
+    "EnclaveStats",
+    "catch_signals",
+    "enclave_stats",
+    "purge",
+]
+
+# The end of every open zeroes the CPU's vector registers (all of them: vzeroall, and zmm16-31
+# with AVX-512) in the compiled core, after whatever ran inside the block: a cipher keyed inside
+# an open needs no further scrub of its own there. False where the core cannot (not x86-64).
+OPEN_SCRUBS_REGISTERS = bool(_region.SCRUBS_VECTOR_REGISTERS)
 
 E = TypeVar("E", bound="Enclave")
 

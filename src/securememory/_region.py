@@ -31,6 +31,7 @@ from ._backend import (
 )
 from ._backend import (
     PAGE_SIZE,
+    SCRUBS_VECTOR_REGISTERS,
     UNSUPPORTED,
     EnclaveCore,
     MapBudget,
@@ -60,6 +61,7 @@ __all__ = [
     "BACKEND",
     "MAX_SIZE",
     "PAGE_SIZE",
+    "SCRUBS_VECTOR_REGISTERS",
     "UNSUPPORTED",
     "Backing",
     "EnclaveCore",

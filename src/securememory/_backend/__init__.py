@@ -211,7 +211,7 @@ def secretmem_unavailable() -> str | None:
 # -- sealed enclaves (issue 11) -------------------------------------------------------------------
 
 _native.enclave_core()  # readies the type and adds it to the module
-from ._native import EnclaveCore  # noqa: E402
+from ._native import SCRUBS_VECTOR_REGISTERS, EnclaveCore  # noqa: E402
 
 enclave_seal_view = _native.enclave_seal_view
 enclave_random = _native.enclave_random
@@ -277,6 +277,7 @@ __all__ = [
     "MEMFD",
     "NAME",
     "PAGE_SIZE",
+    "SCRUBS_VECTOR_REGISTERS",
     "SECRETMEM",
     "UNSUPPORTED",
     "EnclaveCore",

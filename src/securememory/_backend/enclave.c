@@ -708,6 +708,11 @@ static PyObject *mod_enclave_core(PyObject *m, PyObject *noargs) {
             Py_DECREF(&OpeningType);
             return NULL;
         }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        PyModule_AddIntConstant(m, "SCRUBS_VECTOR_REGISTERS", 1);
+#else
+        PyModule_AddIntConstant(m, "SCRUBS_VECTOR_REGISTERS", 0);
+#endif
         ek_types_ready = 1;
     }
     Py_INCREF(&EnclaveCoreType);

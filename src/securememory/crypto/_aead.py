@@ -10,6 +10,7 @@ from typing import Callable, Union
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from .._enclave import OPEN_SCRUBS_REGISTERS, Enclave
 from .._factory import SecretFactory
 from .._secret import Secret
 from ._common import Buffer, Key, T, default_factory, key_access, nbytes, require_key
@@ -67,7 +68,8 @@ class AEAD:
     builds ``cryptography``'s cipher inside it and drops it before the access ends (see the module
     docstring for where OpenSSL copies the key and why that copy is wiped), then runs the same
     operation once more under an all-zero key to overwrite the CPU registers the real one left
-    the key schedule in (see "Registers" in the module docstring). The AEAD holds a reference to
+    the key schedule in (see "Registers" in the module docstring); with an Enclave key on x86-64
+    the end of the open zeroes every vector register instead (no second operation). The AEAD holds a reference to
     the secret, not a copy: closing the secret makes every later call raise
     :class:`~securememory.SecretClosedError`.
 
@@ -105,7 +107,8 @@ class AEAD:
                 finally:
                     del cipher
         finally:
-            _scrub_registers(self._cipher, decrypting, length)
+            if not (OPEN_SCRUBS_REGISTERS and isinstance(self._key, Enclave)):
+                _scrub_registers(self._cipher, decrypting, length)
 
     def encrypt(self, nonce: Buffer, data: Buffer, associated_data: Buffer | None = None) -> bytes:
         """``data`` encrypted and authenticated with ``associated_data``: ciphertext || tag."""
