@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-
 from conftest import require
 from test_heap_proof import aes256_round_keys
 

@@ -69,8 +69,8 @@ class AEAD:
     docstring for where OpenSSL copies the key and why that copy is wiped), then runs the same
     operation once more under an all-zero key to overwrite the CPU registers the real one left
     the key schedule in (see "Registers" in the module docstring); with an Enclave key on x86-64
-    the end of the open zeroes every vector register instead (no second operation). The AEAD holds a reference to
-    the secret, not a copy: closing the secret makes every later call raise
+    the end of the open zeroes every vector register instead (no second operation). The AEAD
+    holds a reference to the secret, not a copy: closing the secret makes every later call raise
     :class:`~securememory.SecretClosedError`.
 
     Never reuse a nonce with the same key.
