@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import securememory
 
+from . import enclave as EB
 from . import report as R
 from .native import CFloor, CSpinner, CtypesFloor, PySpinner, Spinner, build
 from .ours import (
@@ -90,7 +91,7 @@ class Run:
     footprints: list[Footprint] = field(default_factory=list)
 
     def add(self, operation: str, case: str, impl: str, stat: Stat, **kw: Any) -> R.Row:
-        if impl in R.OURS:
+        if impl in R.OURS or impl == R.ENCLAVE:
             kw.setdefault("backend", securememory.stats().backend)
         row = R.Row.of(operation, case, impl, stat, **kw)
         self.rows.append(row)
@@ -124,6 +125,7 @@ class Subjects:
     cpages: tuple[int, int] | None
     ctypes_floor: CtypesFloor
     array: bytearray
+    enclave: Any = None  # a 32-byte securememory.Enclave, None without PyNaCl
 
     @classmethod
     def make(cls, impls: Sequence[str], sodium: Sodium | None, cfloor: CFloor | None) -> Subjects:
@@ -138,6 +140,7 @@ class Subjects:
             None if cfloor is None else (cfloor.page_new(), cfloor.page_new()),
             CtypesFloor(),
             bytearray(SECRET),
+            None if EB.unavailable() else securememory.Enclave.seal(SECRET),
         )
 
     def close(self) -> None:
@@ -180,6 +183,13 @@ def _single_access(run: Run, s: Subjects) -> None:
         ms.append(_py(run, (R.ACCESS, R.ONE, impl), access(sec), note=note))
         note = "with s.access() as v: v[0]"
         ms.append(_py(run, (R.ACCESS, R.ONE_CM, impl), access_cm(sec), note=note))
+    if s.enclave is not None:
+        note = "with e.open() as v: v[0] (32 bytes)"
+        ms.append(_py(run, (R.OPEN, R.ONE, R.ENCLAVE), EB.open_read(s.enclave), note=note))
+        ms.append(_py(run, (R.SEAL, R.ONE, R.ENCLAVE), EB.seal_32(), note="Enclave.seal(bytes32)"))
+        if s.cfloor is not None:
+            note = "2 x (mmap 3 pages + 2 mprotect + mlock), 2 x (munlock + munmap); no crypto"
+            ms.append(_c(run, (R.OPEN, R.ONE, R.MEMGUARD_C), s.cfloor.memguard_opens(), note))
     run.group("access, one thread", ms)
 
 
@@ -211,6 +221,9 @@ def _busy_access(run: Run, s: Subjects) -> None:
             for impl in s.impls:
                 op = access(s.secrets[impl])
                 ms.append(_py(run, (R.ACCESS, case, impl), op, batch, note=description))
+            if s.enclave is not None:
+                op = EB.open_read(s.enclave)
+                ms.append(_py(run, (R.OPEN, case, R.ENCLAVE), op, batch, note=description))
             run.group(f"access, {case}", ms, rounds)
 
 
@@ -284,6 +297,24 @@ def _create_close(run: Run, s: Subjects) -> None:
         ms.append(_py(run, (R.CREATE_CLOSE, R.NEW, impl), create_close_new(f)))
         ms.append(_py(run, (R.CREATE_CLOSE, R.RANDOM, impl), create_close_random(f)))
     run.group("create+close", ms)
+
+
+def _envelope(run: Run, s: Subjects) -> None:
+    """Envelope encryption: a 1 KiB record per operation, each with its own data key."""
+    if s.enclave is None:
+        return
+    reason = EB.crypto_unavailable()
+    if reason is not None:
+        run.skip(R.ENVELOPE, reason)
+        return
+    n = 10_000 if run.config.quick else EB.ENVELOPE_KEYS
+    sealed, plain = EB.envelope_keys(n)
+    note = f"{n:,} data keys used in turn; AES-256-GCM, a fresh 12-byte nonce each"
+    ms = [
+        _py(run, (R.ENVELOPE, R.RECORD_1K, R.ENCLAVE), EB.envelope_ours(sealed), note=note),
+        _py(run, (R.ENVELOPE, R.RECORD_1K, R.PLAIN_AESGCM), EB.envelope_plain(plain), note=note),
+    ]
+    run.group("envelope encryption", ms)
 
 
 def _bzero(run: Run, s: Subjects) -> None:
@@ -364,8 +395,10 @@ def _heap_per_secret(run: Run, impls: Sequence[str]) -> dict[str, float]:
 
 def _order(rows: Sequence[R.Row]) -> list[R.Row]:
     """Floors first, then by operation and case, ours before peers, N ascending."""
-    ops = [R.MPROTECT, R.MAPLOCK, R.SECRETMEM_CYCLE, R.BZERO, R.ACCESS, R.CREATE_CLOSE, R.CREATE]
-    impls = [R.C, R.CTYPES, *R.OURS, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
+    ops = [R.MPROTECT, R.MAPLOCK, R.SECRETMEM_CYCLE, R.BZERO, R.ACCESS, R.OPEN, R.SEAL]
+    ops += [R.ENVELOPE, R.CREATE_CLOSE, R.CREATE]
+    impls = [R.C, R.CTYPES, *R.OURS, R.ENCLAVE, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
+    impls += [R.MEMGUARD_C, R.PLAIN_AESGCM]
     cases = list(R.CASE_ORDER)
     for r in rows:
         if r.case not in cases:
@@ -407,11 +440,14 @@ def run(config: Config) -> dict[str, Any]:
         if cfloor is None:
             r.skip("C floor", native.reason or "not built")
         subjects = Subjects.make(impls, None if isinstance(sodium, str) else sodium, cfloor)
+        if subjects.enclave is None:
+            r.skip(R.ENCLAVE, EB.unavailable() or "")
         try:
             _single_access(r, subjects)
             _busy_access(r, subjects)
             _two_threads(r, subjects)
             _create_close(r, subjects)
+            _envelope(r, subjects)
             _bzero(r, subjects)
         finally:
             subjects.close()
