@@ -342,3 +342,69 @@ def test_crypto_accepts_an_enclave_as_key() -> None:
     with pytest.raises(TypeError):
         crypto.AEAD(raw)
     assert enclave_stats().slots_busy == 0
+
+
+def test_purge_in_a_child_refuses_old_enclaves_and_closes_secrets() -> None:
+    """purge() in a forked child (it would close this test process's secrets): every enclave
+    sealed before refuses, every secret is closed, new enclaves work with a new key."""
+
+    def in_child() -> bytes:
+        from securememory import purge
+
+        old = [Enclave.random(32) for _ in range(50)]
+        secret = SecretFactory().create_random(32)
+        with old[0].open() as running:
+            assert running.nbytes == 32
+            n = purge()
+            assert bytes(running) == bytes(32), "an open running at the purge reads zeros"
+        refused = 0
+        for e in old:
+            try:
+                with e.open():
+                    pass
+            except SecureMemoryError as exc:
+                refused += "purge" in str(exc)
+        new = Enclave.seal(b"after the purge")
+        with new.open() as v:
+            ok = bytes(v) == b"after the purge"
+        return f"{n}|{refused}|{secret.closed}|{ok}".encode()
+
+    status, out = _child(in_child)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
+    n, refused, closed, ok = out.decode().split("|")
+    assert int(n) >= 1 and refused == "50" and closed == "True" and ok == "True"
+
+
+def test_catch_signals_purges_then_dies_by_the_signal() -> None:
+    """In a forked child: SIGUSR1 under catch_signals purges (the hook sees the secret closed
+    and the enclave refused), then the child dies by SIGUSR1, not by an exit."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        os.close(r)
+        try:
+            from securememory import catch_signals
+
+            e = Enclave.random(32)
+            s = SecretFactory().create_random(32)
+
+            def hook(signum: int) -> None:
+                try:
+                    with e.open():
+                        refused = False
+                except SecureMemoryError:
+                    refused = True
+                os.write(w, f"{signum}|{s.closed}|{refused}".encode())
+
+            catch_signals(signal.SIGUSR1, after_purge=hook)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        finally:
+            os._exit(3)  # reached only if the signal did not end the process
+    os.close(w)
+    got = os.read(r, 100).decode()
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    assert got == f"{int(signal.SIGUSR1)}|True|True"
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGUSR1

@@ -612,13 +612,17 @@ static void ek_end(OpeningObject *o) {
         Py_DECREF(view);
     }
     EkScratch s = {o->buf, o->map, o->mapped, o->slot};
-    ek_unlink(o);
     o->state = 2;
-    if (o->buf == NULL) return;
-    if (o->pid != current_pid) { /* forked inside the block: the parent's pages are not here */
+    if (o->pid != current_pid) {
+        /* forked inside the block: the parent's pages are not here, and the list it is on is
+         * the parent's (this process starts its own): touch neither */
+        o->linked = 0;
+        o->prev = o->next = NULL;
         o->buf = NULL;
         return;
     }
+    ek_unlink(o);
+    if (o->buf == NULL) return;
     ek_give(&s, o->enclave->size, o->exports > 0);
     if (o->exports == 0) o->buf = NULL, o->map = NULL;
     scrub_registers();
