@@ -48,6 +48,8 @@ OPEN = "enclave open"
 SEAL = "enclave seal"
 ENVELOPE = "envelope encryption"
 RECORD_1K = "1 KiB record, its own data key"
+ENCLAVE_GROUP = "1 thread, enclave group"  # the floor measured beside the enclave rows
+ENCLAVE_GROUP_BUSY = "busy C thread, enclave group"
 OPEN_TARGET_FLOOR_RATIO = 1.0  # target (e): open <= the C floor of one mprotect pair
 OPEN_BUSY_TARGET_RATIO = 1.2  # target (f): open with a busy C thread <= 1.2x open alone
 SEAL_TARGET_OPEN_RATIO = 2.0  # target (g)
@@ -77,7 +79,7 @@ def n_layout_case(n: int, layout: str) -> str:
 
 
 CASE_ORDER = [ONE, ONE_PER_CALL, ONE_CM, BUSY_C, BUSY_PY, TWO_SAME, TWO_DIFF, FLOOR_TWO, PAGE1, B32]
-CASE_ORDER += [NEW, RANDOM, PEER_CREATE, RECORD_1K]
+CASE_ORDER += [NEW, RANDOM, PEER_CREATE, RECORD_1K, ENCLAVE_GROUP, ENCLAVE_GROUP_BUSY]
 
 
 @dataclass
@@ -154,7 +156,7 @@ def references(row: Row) -> tuple[str | None, str | None]:
         peer = row_id(CREATE, case, SODIUM)
     elif op == OPEN:
         if case == ONE:
-            floor = row_id(MPROTECT, ONE, C)
+            floor = row_id(MPROTECT, ENCLAVE_GROUP, C)
             peer = None if impl == MEMGUARD_C else row_id(OPEN, ONE, MEMGUARD_C)
         else:  # a busy thread: against the same open alone (target f)
             floor = row_id(OPEN, ONE, impl)
@@ -313,10 +315,8 @@ def targets(
     if memguard is not None and memguard.peer_ratio is not None:  # context, not the target
         e_checks[0]["memguard_design_over_ours"] = 1 / memguard.peer_ratio
     f_checks = ratio_check(row_id(OPEN, BUSY_C, ENCLAVE), "floor_ratio", OPEN_BUSY_TARGET_RATIO)
-    busy_floor, idle_floor = (
-        by_id.get(row_id(MPROTECT, BUSY_C, C)),
-        by_id.get(row_id(MPROTECT, ONE, C)),
-    )
+    busy_floor = by_id.get(row_id(MPROTECT, ENCLAVE_GROUP_BUSY, C))
+    idle_floor = by_id.get(row_id(MPROTECT, ENCLAVE_GROUP, C))
     if busy_floor is not None and idle_floor is not None:  # context: what mprotect designs pay
         f_checks[0]["mprotect_pair_busy_over_alone"] = busy_floor.median_ns / idle_floor.median_ns
     g_checks = ratio_check(row_id(SEAL, ONE, ENCLAVE), "floor_ratio", SEAL_TARGET_OPEN_RATIO)

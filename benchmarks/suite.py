@@ -183,13 +183,6 @@ def _single_access(run: Run, s: Subjects) -> None:
         ms.append(_py(run, (R.ACCESS, R.ONE, impl), access(sec), note=note))
         note = "with s.access() as v: v[0]"
         ms.append(_py(run, (R.ACCESS, R.ONE_CM, impl), access_cm(sec), note=note))
-    if s.enclave is not None:
-        note = "with e.open() as v: v[0] (32 bytes)"
-        ms.append(_py(run, (R.OPEN, R.ONE, R.ENCLAVE), EB.open_read(s.enclave), note=note))
-        ms.append(_py(run, (R.SEAL, R.ONE, R.ENCLAVE), EB.seal_32(), note="Enclave.seal(bytes32)"))
-        if s.cfloor is not None:
-            note = "2 x (mmap 3 pages + 2 mprotect + mlock), 2 x (munlock + munmap); no crypto"
-            ms.append(_c(run, (R.OPEN, R.ONE, R.MEMGUARD_C), s.cfloor.memguard_opens(), note))
     run.group("access, one thread", ms)
 
 
@@ -221,9 +214,6 @@ def _busy_access(run: Run, s: Subjects) -> None:
             for impl in s.impls:
                 op = access(s.secrets[impl])
                 ms.append(_py(run, (R.ACCESS, case, impl), op, batch, note=description))
-            if s.enclave is not None:
-                op = EB.open_read(s.enclave)
-                ms.append(_py(run, (R.OPEN, case, R.ENCLAVE), op, batch, note=description))
             run.group(f"access, {case}", ms, rounds)
 
 
@@ -297,6 +287,43 @@ def _create_close(run: Run, s: Subjects) -> None:
         ms.append(_py(run, (R.CREATE_CLOSE, R.NEW, impl), create_close_new(f)))
         ms.append(_py(run, (R.CREATE_CLOSE, R.RANDOM, impl), create_close_random(f)))
     run.group("create+close", ms)
+
+
+def _enclave(run: Run, s: Subjects) -> None:
+    """Sealed enclaves, in one group so that every ratio is taken round by round: the open, its
+    floor (one mprotect pair in C), the open and the floor with a C thread spinning on the other
+    CPU (started for each of their batches, outside the timing), the seal, and memguard's open."""
+    if s.enclave is None:
+        return
+    cfg = run.config
+    here, other = cfg.cpus or (None, None)
+    open_op = EB.open_read(s.enclave)
+    note = "with e.open() as v: v[0] (32 bytes)"
+    ms = [_py(run, (R.OPEN, R.ONE, R.ENCLAVE), open_op, note=note)]
+    ms.append(_py(run, (R.SEAL, R.ONE, R.ENCLAVE), EB.seal_32(), note="Enclave.seal(bytes32)"))
+    if s.cfloor is not None and s.cpages is not None:
+        cfloor = s.cfloor
+        pairs = cfloor.mprotect_pairs(s.cpages[0])
+        ms.append(_c(run, (R.MPROTECT, R.ENCLAVE_GROUP, R.C), pairs))
+        note = "2 x (mmap 3 pages + 2 mprotect + mlock), 2 x (munlock + munmap); no crypto"
+        ms.append(_c(run, (R.OPEN, R.ONE, R.MEMGUARD_C), cfloor.memguard_opens(), note))
+
+        def busy(key: Key, timed: Callable[[], float], batch: int, note: str) -> Member:
+            def run_round() -> list[float]:
+                with pinned(here), CSpinner(cfloor, other):
+                    return [timed()]
+
+            return Member(key, run_round, batch, note=note)
+
+        spin = CSpinner.description
+        n = calibrate(open_op, cfg.target_ns)
+        ms.append(busy((R.OPEN, R.BUSY_C, R.ENCLAVE), lambda: time_batch(open_op, n), n, spin))
+        n_c = calibrate_c(pairs, cfg.target_ns)
+        key = (R.MPROTECT, R.ENCLAVE_GROUP_BUSY, R.C)
+        ms.append(busy(key, lambda: pairs(n_c), n_c, spin))
+    else:
+        run.skip(f"{R.OPEN} | {R.BUSY_C}", "no compiled C floor (no C compiler)")
+    run.group("sealed enclaves", ms)
 
 
 def _envelope(run: Run, s: Subjects) -> None:
@@ -447,6 +474,7 @@ def run(config: Config) -> dict[str, Any]:
             _busy_access(r, subjects)
             _two_threads(r, subjects)
             _create_close(r, subjects)
+            _enclave(r, subjects)
             _envelope(r, subjects)
             _bzero(r, subjects)
         finally:
