@@ -6,6 +6,7 @@ The scale child and the memory scans are in test_enclave_scale.py and test_encla
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import pickle
 import signal
@@ -17,7 +18,7 @@ pytest.importorskip("nacl", reason="sealed enclaves need PyNaCl (the 'enclave' e
 
 import securememory
 from securememory import Enclave, SecretClosedError, SecretFactory, SecureMemoryError
-from securememory._enclave import enclave_stats
+from securememory._enclave import enclave_stats, reveal_key_halves
 
 
 def test_seal_open_roundtrip_and_source_wiped() -> None:
@@ -211,13 +212,42 @@ def test_threads_open_concurrently() -> None:
     assert enclave_stats().slots_busy == 0
 
 
+def _halves() -> tuple[bytes, bytes, bytes]:
+    """(L, R, K) read through a pipe straight from the keyring (the live proofs' hook)."""
+    r, w = os.pipe()
+    try:
+        reveal_key_halves(w)
+        raw = os.read(r, 64)
+    finally:
+        os.close(r)
+        os.close(w)
+    left, right = raw[:32], raw[32:]
+    h = hashlib.blake2b(left, digest_size=32, person=b"securememory-key").digest()
+    return left, right, bytes(a ^ b for a, b in zip(h, right))
+
+
 def test_rekey_keeps_enclaves_and_changes_the_halves() -> None:
     e = Enclave.seal(b"still here")
     st = enclave_stats()
     assert st.locked_bytes > 0 and st.has_key
+    l1, r1, k1 = _halves()
     Enclave.rekey()
+    l2, r2, k2 = _halves()
+    assert l1 != l2 and r1 != r2, "both halves are new"
+    assert k1 == k2, "the key they make is the same"
+    assert k1 not in (l1, r1) and len(k1) == 32
     with e.open() as v:
         assert bytes(v) == b"still here"
+
+
+def test_failed_open_secret_leaves_no_secret_behind() -> None:
+    e = Enclave.seal(b"k" * 32)
+    e.close()
+    before = securememory.stats()
+    with pytest.raises(SecretClosedError):
+        e.open_secret()
+    after = securememory.stats()
+    assert (after.live_secrets, after.bytes_locked) == (before.live_secrets, before.bytes_locked)
 
 
 def _child(fn: object) -> tuple[int, bytes]:
