@@ -415,6 +415,16 @@ def test_a_million_enclaves_in_8_mib_memlock() -> None:
     assert per <= 256, f"{per:.0f} bytes of RSS per enclave"
 
 
+def test_a_container_memlock_of_64_kib_holds_them_too() -> None:
+    """64 KiB of memlock (a Secret each: 16 keys) holds 100,000 enclaves, opens included."""
+    pytest.importorskip("nacl", reason="sealed enclaves need PyNaCl")
+    out = _unprivileged_child(SCALE.format(n=100_000), 64 * 1024)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["n"] == 100_000 and r["ok"] and r["memlock"] == 64 * 1024
+    assert r["top"]["vmlck"] == r["base"]["vmlck"] <= 64 * 1024
+
+
 def test_memlock_too_small_for_the_keyring_names_the_need() -> None:
     pytest.importorskip("nacl", reason="sealed enclaves need PyNaCl")
     code = """
