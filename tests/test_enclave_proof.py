@@ -164,12 +164,13 @@ def child_main() -> None:
 
 
 class Worker(_probe.Probe):
-    def __init__(self, cwd: str | None = None) -> None:
+    def __init__(self, cwd: str | None = None, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
         )
         self.pid = self.proc.pid
 
@@ -356,6 +357,24 @@ def test_sigterm_under_catch_signals_purges_then_dies_by_sigterm() -> None:
     assert not found, found
     # control: before the signal the scan could read the process (the key halves' pages aside)
     assert before.bytes_read > 0 and after.bytes_read > 0
+
+
+def test_control_a_readable_keyring_shows_the_halves_only_inside_it() -> None:
+    """The key scan can find what it looks for: with the keyring in ordinary locked pages
+    (SECUREMEMORY_ENCLAVE_KEYRING=anonymous), the same scan finds L and R, inside the keyring
+    and nowhere else; the key itself (never stored whole) is found nowhere."""
+    pytest.importorskip("nacl", reason="sealed enclaves need PyNaCl")
+    with Worker(env={"SECUREMEMORY_ENCLAVE_KEYRING": "anonymous"}) as w:
+        w.send("seal 300")
+        w.send("opens 3000")
+        answer = w.send("key")
+        key, left, right, _ = _key_from_halves(answer["bytes"])
+        ring = (answer["start"], answer["start"] + answer["length"])
+        scan = _inspect.scan_memory(w.pid, [key, left, right])
+    assert not answer["secretmem"]
+    assert scan.found(left) and scan.found(right), "the halves are readable here"
+    assert not scan.found(left, outside=ring) and not scan.found(right, outside=ring)
+    assert not scan.found(key), "the key is never stored whole"
 
 
 # -- scale -------------------------------------------------------------------------------------

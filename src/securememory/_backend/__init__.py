@@ -230,7 +230,9 @@ _ENCLAVE_CRYPTO = (
 def enclave_setup() -> None:
     """Hand the compiled core libsodium's XChaCha20-Poly1305 and BLAKE2b (PyNaCl's bundled copy,
     by address: no cryptography is written here) and the keyring's backing: ``memfd_secret``
-    where the kernel has it, else locked private pages. Idempotent. ``ImportError`` without
+    where the kernel has it, else locked private pages (also where
+    ``SECUREMEMORY_ENCLAVE_KEYRING=anonymous``: readable through ``/proc/<pid>/mem``, which the
+    tests use as the control of their key scans). Idempotent. ``ImportError`` without
     PyNaCl."""
     try:
         import nacl.bindings
@@ -245,6 +247,14 @@ def enclave_setup() -> None:
         int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in _ENCLAVE_CRYPTO
     )
     backing = SECRETMEM if secretmem_unavailable() is None else ANONYMOUS
+    wanted = os.environ.get("SECUREMEMORY_ENCLAVE_KEYRING", "")
+    if wanted == "anonymous":  # locked private pages even where memfd_secret exists
+        backing = ANONYMOUS
+    elif wanted not in ("", "secretmem"):
+        raise ValueError(
+            f"SECUREMEMORY_ENCLAVE_KEYRING={wanted!r}: expected 'secretmem' (the default where "
+            "the kernel has it) or 'anonymous'"
+        )
     _native.enclave_setup(encrypt, decrypt, blake2b, backing)
 
 
