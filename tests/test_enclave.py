@@ -6,6 +6,7 @@ The scale child and the memory scans are in test_enclave_scale.py and test_encla
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import os
 import pickle
@@ -13,11 +14,18 @@ import signal
 import threading
 
 import pytest
+from conftest import Syscalls
 
 pytest.importorskip("nacl", reason="sealed enclaves need PyNaCl (the 'enclave' extra)")
 
 import securememory
-from securememory import Enclave, SecretClosedError, SecretFactory, SecureMemoryError
+from securememory import (
+    Enclave,
+    MemoryLockError,
+    SecretClosedError,
+    SecretFactory,
+    SecureMemoryError,
+)
 from securememory._enclave import enclave_stats, reveal_key_halves
 
 
@@ -438,3 +446,50 @@ def test_catch_signals_purges_then_dies_by_the_signal() -> None:
     _, status = os.waitpid(pid, 0)
     assert got == f"{int(signal.SIGUSR1)}|True|True"
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGUSR1
+
+
+@pytest.mark.parametrize(
+    "op,err",
+    [
+        ("mlock", errno.EAGAIN),
+        ("madvise", errno.EINVAL),
+        ("mmap", errno.ENOMEM),
+        ("mprotect", errno.ENOMEM),
+    ],
+)
+def test_failed_dedicated_mapping_is_a_typed_error_and_leaves_nothing(
+    syscalls: Syscalls, op: str, err: int
+) -> None:
+    """A big enclave's open whose dedicated mapping fails: the typed error, no mapping or lock
+    left, the pool untouched; the next open works. (Injected at the core's system-call hook.)"""
+    e = Enclave.seal(os.urandom(10_000))
+    securememory.stats()  # warm up
+    before = securememory.stats()
+    syscalls.fail(op, err)
+    with pytest.raises(SecureMemoryError) as info, e.open():
+        pass
+    syscalls.stop()
+    if op == "mlock":
+        assert isinstance(info.value, MemoryLockError) and "RLIMIT_MEMLOCK" in str(info.value)
+    after = securememory.stats()
+    assert after.mappings == before.mappings and after.process_locked == before.process_locked
+    st = enclave_stats()
+    assert st.slots_busy == 0 and st.slots_retired == 0
+    with e.open() as v:
+        assert len(v) == 10_000
+
+
+def test_no_system_call_per_open_of_a_small_enclave(syscalls: Syscalls) -> None:
+    """An open of a small enclave makes no system call at all (the pool is never mprotect'ed),
+    and the trace of a big one shows its mapping locked before use and unmapped at the end."""
+    small, big = Enclave.seal(b"s" * 32), Enclave.seal(b"b" * 9000)
+    with small.open():
+        pass
+    calls = syscalls.record()
+    with small.open() as v:
+        assert v[0] == ord("s")
+    assert calls == [], calls
+    with big.open() as v:
+        assert v[0] == ord("b")
+    names = [c[0] for c in calls]
+    assert names[0] == "mmap" and "mlock" in names and names[-1] == "munmap", names
