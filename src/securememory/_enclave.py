@@ -13,7 +13,7 @@ import os
 import signal
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, Callable, NoReturn, Protocol, TypeVar, Union
+from typing import Any, Callable, NoReturn, Protocol, TypeVar
 
 from . import _process, _region
 from ._implementations import DEFAULT_ORDER
@@ -160,11 +160,10 @@ def purge() -> int:
     return _region.enclave_purge()
 
 
-Signal = Union[int, signal.Signals]
 _caught: dict[int, Any] = {}
 
 
-def catch_signals(*signals: Signal, after_purge: Callable[[int], None] | None = None) -> None:
+def catch_signals(*signals: int, after_purge: Callable[[int], None] | None = None) -> None:
     """On any of ``signals`` (default: SIGINT and SIGTERM), :func:`purge`, then end the process
     as the signal would have: its default action is restored and the signal raised again, so
     the process dies by that signal (a parent sees ``-SIGTERM``), or stops for SIGTSTP.
@@ -172,9 +171,10 @@ def catch_signals(*signals: Signal, after_purge: Callable[[int], None] | None = 
     ``after_purge(signum)``, if given, runs between the purge and the re-raise (to log, or for a
     test to inspect the purged process). Python runs signal handlers in the main thread between
     bytecodes: a process stuck in a long C call purges when the call returns. Must be called
-    from the main thread (as :func:`signal.signal`).
+    from the main thread (as ``signal.signal()``). ``signals`` are numbers or
+    ``signal.Signals`` members.
     """
-    chosen = signals or (signal.SIGINT, signal.SIGTERM)
+    chosen: tuple[int, ...] = signals or (signal.SIGINT, signal.SIGTERM)
 
     def handler(signum: int, frame: FrameType | None) -> None:
         try:

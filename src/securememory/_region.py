@@ -50,6 +50,7 @@ from ._backend import (
     map_budget,
     memlock_budget,
     secretmem_unavailable,
+    take_environ,
     wipe_all,
 )
 from .errors import UnsupportedPlatformError
@@ -92,6 +93,7 @@ __all__ = [
     "poke",
     "scratch",
     "secretmem_unavailable",
+    "take_environ",
     "wipe_all",
     "wipe_buffer",
 ]

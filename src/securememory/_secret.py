@@ -26,6 +26,7 @@ from ._region import (
     current_context,
     fill_random,
     scratch,
+    take_environ,
     wipe_buffer,
 )
 from .errors import SecureMemoryError
@@ -49,6 +50,7 @@ __all__ = [
     "create",
     "fill_random",
     "scratch",
+    "take_environ",
     "wipe_buffer",
 ]
 

@@ -280,6 +280,51 @@ def drop_ipc_lock_capability() -> None:
     _native.drop_capability(CAP_IPC_LOCK)
 
 
+# -- ingress: from_env (issue 13) --------------------------------------------------------------
+
+
+def _writable_ranges() -> list[tuple[int, int]]:
+    """The writable mappings of this process (``/proc/self/maps``); empty where unknown."""
+    out: list[tuple[int, int]] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 2)
+                if len(parts) > 1 and parts[1].startswith("rw"):
+                    lo, hi = parts[0].split("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except OSError:  # not Linux, or /proc not mounted
+        return []
+    return out
+
+
+def environ_block(writable: list[tuple[int, int]]) -> tuple[int, int]:
+    """Where the kernel wrote this process's initial environment strings at ``exec`` (fields
+    ``env_start`` and ``env_end`` of ``/proc/self/stat``, what ``/proc/<pid>/environ`` reads), or
+    ``(0, 0)`` where unknown or not inside one writable mapping."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        lo, hi = int(fields[47]), int(fields[48])  # fields 50 and 51; the list starts at field 3
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    if lo and any(a <= lo and hi <= b for a, b in writable):
+        return lo, hi
+    return 0, 0
+
+
+def take_environ(name: bytes, data: dict[bytes, bytes], key: bytes) -> tuple[int, int]:
+    """Remove ``name`` from the C environment and ``key`` from ``data`` (``os.environ``'s bytes
+    mapping), overwriting every copy of the value that can be reached first: the C string
+    ``getenv`` returns (if it is in writable memory), each ``name=`` string of the initial
+    environment block, and the Python ``bytes`` object when nobody else holds it. Returns (C
+    strings wiped, 1 if the ``bytes`` object was wiped else 0)."""
+    writable = _writable_ranges()
+    lo, hi = environ_block(writable)
+    return _native.take_environ(name, data, key, lo, hi, writable)
+
+
 __all__ = [
     "ANONYMOUS",
     "CANARY_MIN",
@@ -306,6 +351,7 @@ __all__ = [
     "enclave_seal_view",
     "enclave_setup",
     "enclave_stats",
+    "environ_block",
     "explain",
     "fill_random",
     "map_budget",
@@ -313,6 +359,7 @@ __all__ = [
     "memlock_error",
     "read_byte",
     "secretmem_unavailable",
+    "take_environ",
     "wipe",
     "wipe_all",
     "write_byte",

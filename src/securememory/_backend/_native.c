@@ -1483,6 +1483,97 @@ static PyObject *mod_trace(PyObject *m, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* ==== ingress: from_env (issue 13) ===========================================================
+ * take_environ(name, data, key, block_start, block_end, writable): remove the variable NAME from the C
+ * environment and from Python's copy of it (the dict ``data``, os.environ's bytes mapping), wiping
+ * each copy that can be reached before it is let go:
+ *  - the string getenv() returns is overwritten in place (its value part), before unsetenv(), if
+ *    it lies in one of the ``writable`` ranges, [(start, end), ...] from /proc/self/maps (a C
+ *    extension may have putenv() a string literal in read-only memory);
+ *  - every "NAME=..." string in [block_start, block_end), the initial environment block the kernel
+ *    wrote on the stack at exec (what /proc/<pid>/environ shows), is overwritten too, also one
+ *    that environ no longer points at (the variable was set again since);
+ *  - the bytes object popped from ``data`` is zeroed before it is freed, when its reference count
+ *    shows that nobody else holds it.
+ * Returns (C strings wiped, 1 if the Python bytes object was wiped else 0). Another C thread
+ * calling getenv() at the same moment may see the value emptied; keep from_env at start-up. */
+
+static size_t wipe_env_strings(char *lo, char *hi, const char *name, size_t nlen) {
+    size_t count = 0;
+    char *p = lo;
+    while (p < hi) {
+        char *end = memchr(p, '\0', (size_t)(hi - p));
+        if (end == NULL) end = hi;
+        if ((size_t)(end - p) > nlen && memcmp(p, name, nlen) == 0 && p[nlen] == '=') {
+            secure_zero(p + nlen + 1, (size_t)(end - p) - nlen - 1);
+            count++;
+        }
+        p = end + 1;
+    }
+    return count;
+}
+
+static int in_writable(PyObject *ranges, uintptr_t lo, uintptr_t hi) {
+    /* 1 if [lo, hi) lies inside one (start, end) pair of the list, 0 if not, -1 on error */
+    Py_ssize_t n = PyList_GET_SIZE(ranges);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long a, b;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(ranges, i), "KK", &a, &b)) return -1;
+        if (a <= lo && hi <= b) return 1;
+    }
+    return 0;
+}
+
+static PyObject *mod_take_environ(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *name, *data, *key, *writable;
+    unsigned long long lo, hi;
+    if (!PyArg_ParseTuple(args, "SO!OKKO!", &name, &PyDict_Type, &data, &key, &lo, &hi,
+                          &PyList_Type, &writable))
+        return NULL;
+    const char *cname = PyBytes_AS_STRING(name);
+    size_t nlen = (size_t)PyBytes_GET_SIZE(name);
+    if (nlen == 0 || strlen(cname) != nlen || memchr(cname, '=', nlen) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "an environment variable name is not empty and has no "
+                                          "'=' or NUL byte");
+        return NULL;
+    }
+    if (hi < lo) lo = hi = 0;
+    Py_ssize_t wiped = 0;
+    char *v = getenv(cname);
+    if (v != NULL && !(lo && (uintptr_t)v >= lo && (uintptr_t)v < hi)) {
+        size_t len = strlen(v);
+        int ok = in_writable(writable, (uintptr_t)v, (uintptr_t)v + len + 1);
+        if (ok < 0) return NULL;
+        if (ok) { /* a string setenv() made, on the C heap */
+            secure_zero(v, len);
+            wiped++;
+        }
+    }
+    if (lo) wiped += (Py_ssize_t)wipe_env_strings((char *)(uintptr_t)lo, (char *)(uintptr_t)hi,
+                                                   cname, nlen);
+    if (unsetenv(cname) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    int py_wiped = 0;
+    PyObject *value = PyDict_GetItemWithError(data, key); /* borrowed */
+    if (value == NULL && PyErr_Occurred()) return NULL;
+    if (value != NULL) {
+        Py_INCREF(value);
+        if (PyDict_DelItem(data, key) < 0) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        if (PyBytes_CheckExact(value) && Py_REFCNT(value) == 1) { /* ours alone: wipe, free */
+            secure_zero(PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+            py_wiped = 1;
+        }
+        Py_DECREF(value);
+    }
+    scrub_registers();
+    return Py_BuildValue("(ni)", wiped, py_wiped);
+}
+
+/* ==== end of ingress: from_env ================================================================ */
+
 /* -- sealed enclaves (issue 11): their own file ------------------------------------------------ */
 #include "enclave.c"
 
@@ -1501,6 +1592,7 @@ static PyMethodDef module_methods[] = {
     {"read_byte", mod_read_byte, METH_O, NULL},
     {"write_byte", mod_write_byte, METH_VARARGS, NULL},
     {"drop_capability", mod_drop_capability, METH_O, NULL},
+    {"take_environ", mod_take_environ, METH_VARARGS, NULL}, /* ingress: from_env */
     ENCLAVE_METHODS /* sealed enclaves (issue 11) */
     {NULL, NULL, 0, NULL},
 };

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from .._enclave import OPEN_SCRUBS_REGISTERS, Enclave
 from .._factory import SecretFactory
 from .._secret import Secret
-from ._common import Buffer, Key, T, default_factory, key_access, nbytes, require_key
+from ._common import Buffer, T, default_factory, key_access, nbytes, require_key
 
 _Cipher = Union[AESGCM, ChaCha20Poly1305]
 
@@ -78,7 +78,7 @@ class AEAD:
 
     __slots__ = ("_cipher", "_key", "algorithm")
 
-    def __init__(self, key: Key, algorithm: str = "aes-256-gcm") -> None:
+    def __init__(self, key: Secret | Enclave, algorithm: str = "aes-256-gcm") -> None:
         self._key = require_key(key, "key")
         try:
             self._cipher = _CIPHERS[algorithm]
@@ -160,7 +160,7 @@ class AEAD:
         return self._run(True, size, unwrap)
 
     def encrypt_secret(
-        self, nonce: Buffer, secret: Key, associated_data: Buffer | None = None
+        self, nonce: Buffer, secret: Secret | Enclave, associated_data: Buffer | None = None
     ) -> bytes:
         """Wrap a key: encrypt the content of ``secret`` (a Secret read inside its access, or an
         Enclave inside an open; no copy)."""

@@ -7,11 +7,11 @@ import contextlib
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .._enclave import Enclave
 from .._factory import SecretFactory
 from .._secret import Secret
 from ._common import (
     Buffer,
-    Key,
     default_factory,
     hash_algorithm,
     key_access,
@@ -21,7 +21,7 @@ from ._common import (
 
 
 def hkdf(
-    secret: Key,
+    secret: Secret | Enclave,
     length: int,
     salt: Buffer | None,
     info: Buffer | None,

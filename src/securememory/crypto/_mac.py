@@ -6,11 +6,12 @@ import hmac as _stdlib_hmac
 
 from cryptography.hazmat.primitives import hmac as _crypto_hmac
 
+from .._enclave import Enclave
 from .._secret import Secret
-from ._common import Buffer, Key, hash_algorithm, key_access, require_key, require_secret
+from ._common import Buffer, hash_algorithm, key_access, require_key, require_secret
 
 
-def hmac(secret: Key, data: Buffer, algorithm: str = "sha256") -> bytes:
+def hmac(secret: Secret | Enclave, data: Buffer, algorithm: str = "sha256") -> bytes:
     """The HMAC tag of ``data`` under the key ``secret``. The tag is not secret: it is returned
     as ``bytes``. To check a tag, compare with :func:`hmac.compare_digest`."""
     require_key(secret, "key")
