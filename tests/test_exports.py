@@ -12,6 +12,7 @@ import pytest
 PUBLIC = {
     "securememory": {
         "CanaryError",
+        "Enclave",
         "MapCountError",
         "MemoryLockError",
         "Secret",
@@ -21,6 +22,8 @@ PUBLIC = {
         "SecureMemoryError",
         "Stats",
         "UnsupportedPlatformError",
+        "catch_signals",
+        "purge",
         "receive",
         "scratch",
         "send",

@@ -26,6 +26,7 @@ LAYER = {
     "_secret": 3,
     "_process": 3,
     "_implementations": 3,
+    "_enclave": 3,
     "_factory": 4,
     "_prompt": 4,
     "_probe": 4,

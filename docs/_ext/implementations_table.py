@@ -96,6 +96,12 @@ ROWS: tuple[Row, ...] = (
         "memlock budget enforced",
         "test_guarantees.py::test_memlock_refusal_leaks_nothing",
     ),
+    Row(
+        "sealed into an ``Enclave`` (``secret.seal()``): plaintext and key in no dump or scan",
+        _always,
+        "sealed in an enclave",
+        "test_enclave_proof.py::test_live_scan_finds_no_plaintext_and_no_key",
+    ),
 )
 
 

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 
 from . import _process, _region
 from ._implementations import Implementation
@@ -30,6 +30,9 @@ from ._region import (
     wipe_buffer,
 )
 from .errors import SecureMemoryError
+
+if TYPE_CHECKING:
+    from ._enclave import Enclave
 
 T = TypeVar("T")
 Write = Callable[[memoryview], None]
@@ -117,6 +120,13 @@ class Secret(_region.Region):
         the caller's buffer during one short access."""
         len(self)  # SecretClosedError now rather than at the first read
         return SecretReader(self)
+
+    def seal(self) -> Enclave:
+        """This secret's contents sealed into a new :class:`~securememory.Enclave` (one access;
+        the secret stays open)."""
+        from ._enclave import _seal_secret
+
+        return _seal_secret(self)
 
     # -- closing ------------------------------------------------------------------------------
 

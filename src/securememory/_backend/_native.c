@@ -1734,6 +1734,9 @@ static PyObject *mod_take_environ(PyObject *m, PyObject *args) {
 
 /* ==== end of ingress: from_env ================================================================ */
 
+/* -- sealed enclaves (issue 11): their own file ------------------------------------------------ */
+#include "enclave.c"
+
 static PyMethodDef module_methods[] = {
     {"inject", mod_inject, METH_VARARGS, NULL},
     {"trace", mod_trace, METH_O, NULL},
@@ -1750,6 +1753,7 @@ static PyMethodDef module_methods[] = {
     {"write_byte", mod_write_byte, METH_VARARGS, NULL},
     {"drop_capability", mod_drop_capability, METH_O, NULL},
     {"take_environ", mod_take_environ, METH_VARARGS, NULL}, /* ingress: from_env */
+    ENCLAVE_METHODS /* sealed enclaves (issue 11) */
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,13 +7,21 @@ import contextlib
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .._enclave import Enclave
 from .._factory import SecretFactory
 from .._secret import Secret
-from ._common import Buffer, default_factory, hash_algorithm, require_secret
+from ._common import (
+    Buffer,
+    default_factory,
+    hash_algorithm,
+    key_access,
+    require_key,
+    require_secret,
+)
 
 
 def hkdf(
-    secret: Secret,
+    secret: Secret | Enclave,
     length: int,
     salt: Buffer | None,
     info: Buffer | None,
@@ -22,7 +30,7 @@ def hkdf(
 ) -> Secret:
     """HKDF (RFC 5869) of ``secret``: a new secret of ``length`` bytes, derived straight into its
     pages (``derive_into``). ``salt`` and ``info`` are not secret."""
-    require_secret(secret, "secret")
+    require_key(secret, "secret")
     kdf = HKDF(
         algorithm=hash_algorithm(algorithm),
         length=length,
@@ -30,7 +38,7 @@ def hkdf(
         info=None if info is None else bytes(info),
     )
     make = default_factory(factory)
-    with secret.access() as ikm:
+    with key_access(secret) as ikm:
 
         def fill(out: memoryview) -> None:
             kdf.derive_into(ikm, out)
