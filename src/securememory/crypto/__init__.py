@@ -88,12 +88,16 @@ if not (hasattr(AESGCM, "decrypt_into") and hasattr(HKDF, "derive_into")):  # pr
     )
 
 from ._aead import AEAD
+from ._ed25519 import Ed25519PrivateKey
 from ._kdf import argon2id, hkdf
 from ._mac import constant_time_equal, hmac
+from ._x25519 import X25519PrivateKey
 
 __all__ = [
     "AEAD",
+    "Ed25519PrivateKey",
     "InvalidTag",
+    "X25519PrivateKey",
     "argon2id",
     "constant_time_equal",
     "hkdf",

@@ -1,0 +1,153 @@
+"""Argon2id leaves no copy of the passphrase anywhere in the process (issue 9, item 4).
+
+A child (this file run as a script: :class:`securememory._probe._Child` plus one command) makes a
+random passphrase of 512, 800, 1000 or 1024 bytes with ``create_random`` (1024 is
+``from_prompt``'s default maximum), sends its bytes to the parent by a raw write from the access
+view, and derives a key from it with :func:`securememory.crypto.argon2id`, three times, from the
+main thread or from a worker thread (which has its own ``malloc`` arena and stack). The parent
+then scans the child's whole memory (``/proc/<pid>/mem``) for the passphrase's 16-byte chunks.
+
+Correct: no chunk anywhere outside the passphrase's own pages. The bug it catches: the old code
+went through ``cryptography``, whose OpenSSL parameter block kept a copy of the passphrase in freed
+heap: 16-30 of 50-64 chunks at 800-1024 bytes.
+
+Control: the same scan, after the child kept a plain ``bytearray`` copy of the passphrase, finds
+every chunk (the scan sees the child's heap and can fail).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from securememory import _inspect, _probe
+from securememory._factory import factory_for
+from securememory._implementations import IMPLEMENTATIONS as _TABLE
+
+try:
+    from securememory import crypto
+except ImportError as e:  # pragma: no cover - depends on what is installed
+    CRYPTO_MISSING: str | None = f"securememory.crypto unavailable: {e}"
+else:
+    CRYPTO_MISSING = None
+
+pytestmark = [
+    pytest.mark.skipif(CRYPTO_MISSING is not None, reason=CRYPTO_MISSING or ""),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scans /proc/<pid>/mem"),
+]
+
+SALT = b"argon2-heap-salt"
+ROUNDS = 1  # derivations per passphrase
+PER_LENGTH = 3  # passphrases of each length
+LENGTHS = (512, 800, 1000, 1024)
+MEMORY = 8192  # KiB: the parameter block and 8 MiB of Argon2 memory (mmap) per call
+
+
+def _best_impl() -> str:
+    for spec in _TABLE:
+        if spec.unavailable() is None:
+            return spec.name
+    raise RuntimeError("no implementation available")  # pragma: no cover
+
+
+class _Worker(_probe._Child):
+    def do_argon2(self, impl: str, pw_id: str, where: str, memory: str) -> None:
+        pw = self.secrets[int(pw_id)]
+        errors: list[BaseException] = []
+
+        def derive() -> None:
+            try:
+                for _ in range(ROUNDS):
+                    crypto.argon2id(
+                        pw, SALT, iterations=1, lanes=4, memory_cost=int(memory), factory=factory_for(impl)
+                    ).close()
+            except BaseException as e:  # reported to the parent
+                errors.append(e)
+
+        if where == "thread":
+            t = threading.Thread(target=derive)
+            t.start()
+            t.join()
+        else:
+            derive()
+        if errors:
+            raise errors[0]
+        self.reply(ok=True)
+
+
+def child_main() -> None:
+    worker = _Worker()
+    with open(0, "rb", buffering=0, closefd=False) as stdin:
+        for line in iter(stdin.readline, b""):
+            try:
+                worker.run(line.decode())
+            except Exception as e:
+                worker.reply(error=f"{type(e).__name__}: {e}")
+
+
+class Worker(_probe.Probe):
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self.pid = self.proc.pid
+
+
+def _chunks(value: bytes) -> list[bytes]:
+    return [value[k : k + 16] for k in range(0, len(value) - 15, 16)]
+
+
+def _found(pid: int, chunks: list[bytes], own: tuple[int, int]) -> list[bytes]:
+    scan = _inspect.scan_memory(pid, chunks)
+    return [c for c in chunks if scan.found(c, outside=own)]
+
+
+def _run(where: str, control: bool) -> dict[int, tuple[int, int]]:
+    """Make ``PER_LENGTH`` passphrases of every length in the child, derive from each, scan once.
+    Returns ``{length: (chunks found, chunks)}`` summed over that length's passphrases."""
+    impl = _best_impl()
+    made: list[tuple[int, bytes, tuple[int, int], int]] = []
+    with Worker() as w:
+        for length in LENGTHS * PER_LENGTH:
+            answer: dict[str, Any] = w.send(f"make {impl} {length}")
+            own = (answer["base"], answer["base"] + answer["mapped"])
+            made.append((length, answer["bytes"], own, answer["id"]))
+        for _, _, _, key in made:
+            w.send(f"argon2 {impl} {key} {where} {MEMORY}")
+            if control:
+                w.send(f"control {key}")
+        needles = [c for _, pw, _, _ in made for c in _chunks(pw)]
+        scan = _inspect.scan_memory(w.pid, needles)
+    out: dict[int, tuple[int, int]] = {}
+    for length, pw, own, _ in made:
+        chunks = _chunks(pw)
+        found = sum(1 for c in chunks if scan.found(c, outside=own))
+        f0, t0 = out.get(length, (0, 0))
+        out[length] = (f0 + found, t0 + len(chunks))
+    print(f"{impl} {where}{' control' if control else ''}: {out}")
+    return out
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_no_chunk_of_the_passphrase_left(where: str) -> None:
+    """No 16-byte chunk of any passphrase anywhere outside its own pages, at every length."""
+    result = _run(where, control=False)
+    assert all(found == 0 for found, _ in result.values()), f"chunks found: {result}"
+
+
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_control_a_kept_copy_is_found(where: str) -> None:
+    result = _run(where, control=True)
+    assert all(found == total > 0 for found, total in result.values()), result
+
+
+if __name__ == "__main__":
+    child_main()
