@@ -240,8 +240,8 @@ def test_libsodium_is_handed_the_secrets_own_pages(
     seen: list[int] = []
     real = _cffi.pointer
 
-    def spy(ffi_: object, buf: object, *, writable: bool = False):  # type: ignore[no-untyped-def]
-        cm = real(ffi_, buf, writable=writable)
+    def spy(ffi_: object, buf: object, *, writable: bool = False, ctype: str = "unsigned char[]"):  # type: ignore[no-untyped-def]
+        cm = real(ffi_, buf, writable=writable, ctype=ctype)
 
         class Wrapped:
             def __enter__(self) -> object:

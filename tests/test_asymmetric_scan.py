@@ -9,7 +9,7 @@ made (each shared secret closed at once, but the last, which is also sent raw). 
 the child's whole memory (``/proc/<pid>/mem``), with the keys open and again after every secret
 is closed, for:
 
-- the Ed25519 seed, the 64-byte secret key, the signing scalar (SHA-512 of the seed, clamped, and
+- the Ed25519 seed, the 64-byte secret key (whole: its second half is the public key), the signing scalar (SHA-512 of the seed, clamped, and
   as hashed) and the nonce prefix (the hash's second half), and the nonce of the last signature;
 - the X25519 scalar, as given and clamped, and the four shared secrets;
 
@@ -164,6 +164,8 @@ def _needles(sk: bytes, xkey: bytes, shared: list[bytes]) -> dict[str, bytes]:
     }
     out = dict(values)
     for name, v in values.items():
+        if name == "ed25519 secret key (64)":
+            continue  # its halves are the seed's (above) and the public key's (not secret)
         for k in range(0, len(v), 16):
             out[f"{name}[{k}:{k + 16}]"] = v[k : k + 16]
     return out

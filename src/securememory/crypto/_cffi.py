@@ -59,11 +59,13 @@ def argon2() -> tuple[Any, Any]:
 
 
 @contextlib.contextmanager
-def pointer(ffi: Any, buf: object, *, writable: bool = False) -> Iterator[Any]:
-    """An ``unsigned char *`` to ``buf`` where it is, for the duration of the block."""
+def pointer(
+    ffi: Any, buf: object, *, writable: bool = False, ctype: str = "unsigned char[]"
+) -> Iterator[Any]:
+    """A pointer (an array of ``ctype``) to ``buf`` where it is, for the duration of the block."""
     if isinstance(buf, str):
         raise TypeError("expected a bytes-like object, not str")
-    p = ffi.from_buffer("unsigned char[]", buf, require_writable=writable)
+    p = ffi.from_buffer(ctype, buf, require_writable=writable)
     try:
         yield p
     finally:
@@ -71,7 +73,9 @@ def pointer(ffi: Any, buf: object, *, writable: bool = False) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def pointers(ffi: Any, *buffers: tuple[object, bool]) -> Iterator[list[Any]]:
+def pointers(
+    ffi: Any, *buffers: tuple[object, bool], ctype: str = "unsigned char[]"
+) -> Iterator[list[Any]]:
     """:func:`pointer` to each ``(buffer, writable)``, all for the duration of the block."""
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(pointer(ffi, b, writable=w)) for b, w in buffers]
+        yield [stack.enter_context(pointer(ffi, b, writable=w, ctype=ctype)) for b, w in buffers]
