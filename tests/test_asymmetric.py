@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from typing import Any
 
 import pytest
 
@@ -92,9 +93,10 @@ def _usage() -> tuple[int, int, int]:
 def test_ed25519_rfc8032(
     factory: securememory.SecretFactory, sk: str, pk: str, msg: str, sig: str
 ) -> None:
-    with _secret(factory, sk) as seed, crypto.Ed25519PrivateKey.from_private_bytes(
-        seed, factory
-    ) as key:
+    with (
+        _secret(factory, sk) as seed,
+        crypto.Ed25519PrivateKey.from_private_bytes(seed, factory) as key,
+    ):
         assert key.public_key().public_bytes_raw().hex() == pk
         assert key.sign(bytes.fromhex(msg)).hex() == sig
         assert key.sign(bytearray.fromhex(msg)).hex() == sig
@@ -164,9 +166,11 @@ def test_x25519_rfc7748_scalar_multiplication(
     factory: securememory.SecretFactory, scalar: str, u: str, out: str
 ) -> None:
     peer = x25519.X25519PublicKey.from_public_bytes(bytes.fromhex(u))
-    with _secret(factory, scalar) as s, crypto.X25519PrivateKey.from_private_bytes(
-        s, factory
-    ) as key, key.exchange(peer) as shared:
+    with (
+        _secret(factory, scalar) as s,
+        crypto.X25519PrivateKey.from_private_bytes(s, factory) as key,
+        key.exchange(peer) as shared,
+    ):
         assert shared.with_bytes(bytes).hex() == out
         assert isinstance(shared, securememory.Secret)
         assert shared.implementation == factory.implementation
@@ -196,9 +200,10 @@ def test_x25519_matches_cryptography(factory: securememory.SecretFactory) -> Non
                 assert shared.with_bytes(bytes) == peer.exchange(public)
                 assert shared.with_bytes(bytes) == reference.exchange(peer.public_key())
         # ready for hkdf
-        with key.exchange(peer.public_key()) as shared, crypto.hkdf(
-            shared, 32, b"salt", b"info", factory=factory
-        ) as derived:
+        with (
+            key.exchange(peer.public_key()) as shared,
+            crypto.hkdf(shared, 32, b"salt", b"info", factory=factory) as derived,
+        ):
             assert len(derived) == 32
 
 
@@ -249,7 +254,7 @@ def test_libsodium_is_handed_the_secrets_own_pages(
                 seen.append(int(ffi.cast("uintptr_t", p)))
                 return p
 
-            def __exit__(self, *exc: object) -> None:
+            def __exit__(self, *exc: Any) -> None:
                 cm.__exit__(*exc)
 
         return Wrapped()

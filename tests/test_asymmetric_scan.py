@@ -9,8 +9,9 @@ made (each shared secret closed at once, but the last, which is also sent raw). 
 the child's whole memory (``/proc/<pid>/mem``), with the keys open and again after every secret
 is closed, for:
 
-- the Ed25519 seed, the 64-byte secret key (whole: its second half is the public key), the signing scalar (SHA-512 of the seed, clamped, and
-  as hashed) and the nonce prefix (the hash's second half), and the nonce of the last signature;
+- the Ed25519 seed, the 64-byte secret key (whole: its second half is the public key), the
+  signing scalar (SHA-512 of the seed, clamped, and as hashed), the nonce prefix (the hash's
+  second half) and the nonce of the last signature;
 - the X25519 scalar, as given and clamped, and the four shared secrets;
 
 each whole and in 16-byte halves (a vector register holds 16). While open, a value may appear
@@ -29,7 +30,6 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 from conftest import IMPLEMENTATIONS, skip_unless_available

@@ -308,11 +308,26 @@ def test_argon2id_same_output_as_cryptography(
     factory = securememory.SecretFactory()
     raw = os.urandom(pw_len)
     salt = os.urandom(16)
-    kwargs = {"length": length, "iterations": iterations, "lanes": lanes}
-    expected = Argon2id(salt=salt, memory_cost=memory_cost, ad=ad, **kwargs).derive(raw)
-    with factory.new(bytearray(raw)) as pw, crypto.argon2id(
-        pw, salt, memory_cost=memory_cost, associated_data=ad, **kwargs
-    ) as key:
+    expected = Argon2id(
+        salt=salt,
+        length=length,
+        iterations=iterations,
+        lanes=lanes,
+        memory_cost=memory_cost,
+        ad=ad,
+    ).derive(raw)
+    with (
+        factory.new(bytearray(raw)) as pw,
+        crypto.argon2id(
+            pw,
+            salt,
+            length=length,
+            iterations=iterations,
+            lanes=lanes,
+            memory_cost=memory_cost,
+            associated_data=ad,
+        ) as key,
+    ):
         assert key.with_bytes(bytes) == expected
 
 

@@ -74,7 +74,7 @@ class Ed25519PrivateKey:
 
     @classmethod
     def _from_seed(cls, seed: Secret, make: SecretFactory) -> Ed25519PrivateKey:
-        ffi, lib = _cffi.sodium()
+        _cffi.sodium()  # ImportError, naming the extra, before anything is made
         pk = bytearray(PUBLIC_KEY_SIZE)
         with seed.access() as seed_view:
 

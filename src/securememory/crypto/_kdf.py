@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .._factory import SecretFactory

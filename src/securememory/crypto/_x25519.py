@@ -69,9 +69,7 @@ class X25519PrivateKey:
         :class:`~securememory.Secret` and ``ValueError`` unless it holds exactly 32 bytes."""
         require_secret(secret, "secret")
         if len(secret) != KEY_SIZE:  # SecretClosedError for a closed secret
-            raise ValueError(
-                f"an X25519 private key is {KEY_SIZE} bytes, got {len(secret)} bytes"
-            )
+            raise ValueError(f"an X25519 private key is {KEY_SIZE} bytes, got {len(secret)} bytes")
         make = default_factory(factory)
         with secret.access() as src:
 
