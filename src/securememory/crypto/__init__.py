@@ -52,9 +52,9 @@ Where the key goes inside ``cryptography`` and OpenSSL, and what this module doe
 - ``Ed25519PrivateKey`` and ``X25519PrivateKey`` call libsodium (bundled by PyNaCl) by pointer:
   the key (libsodium's 64-byte Ed25519 secret key, the X25519 scalar) lives in a secret's pages
   and is read there during one access; key pairs and shared secrets are written straight into
-  secure pages. libsodium wipes its hashes of the key with ``sodium_memzero``; the limbs and
-  digits its scalar arithmetic leaves on the stack are overwritten by the same call under an
-  all-zero key, at once.
+  secure pages. libsodium wipes its hashes of the key and the nonce with ``sodium_memzero``;
+  no limb or digit of the scalar or nonce was found on the stack after a call, and as defence
+  in depth the same call is run at once under an all-zero key, which reuses the same slots.
 
 The scrubs are best effort, not something this module can observe; the tests check them from
 outside (``tests/test_heap_proof.py``): after 10,000 mixed operations, a passphrase prompt, an

@@ -28,11 +28,13 @@ class X25519PrivateKey:
 
     libsodium's ``crypto_scalarmult`` reads the key by pointer from the secret's pages during one
     access and writes the shared secret straight into the new secret's pages (it also clamps its
-    copy of the scalar there, not on the stack). What its field arithmetic leaves in stack slots
-    is overwritten by running the same call once more with an all-zero scalar, at once and from
-    the same place. Checked from outside by ``tests/test_asymmetric.py``: after 10,000 exchanges
-    a scan of the whole process memory finds neither the key (as given or clamped) nor a shared
-    secret outside their secrets' pages.
+    copy of the scalar there, not on the stack; ``crypto_scalarmult_base``, for the public key,
+    clamps it in the public key's buffer, then overwrites it with the public key). What its
+    field arithmetic leaves in stack slots is overwritten, as defence in depth, by the same call
+    once more with an all-zero scalar, at once and from the same place. Checked from outside by
+    ``tests/test_asymmetric_scan.py``: after 10,000 exchanges a scan of the whole process memory
+    finds neither the key (as given or clamped) nor a shared secret outside their secrets'
+    pages, and none of them anywhere once they are closed.
 
     Not guaranteed: the copies that exist while a call runs; public keys are ordinary objects.
     """
