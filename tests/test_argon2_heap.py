@@ -21,9 +21,13 @@ every chunk (the scan sees the child's heap and can fail).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
+import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -33,6 +37,8 @@ from securememory._factory import factory_for
 from securememory._implementations import IMPLEMENTATIONS as _TABLE
 
 try:
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
     from securememory import crypto
 except ImportError as e:  # pragma: no cover - depends on what is installed
     CRYPTO_MISSING: str | None = f"securememory.crypto unavailable: {e}"
@@ -100,8 +106,6 @@ def child_main() -> None:
 
 class Worker(_probe.Probe):
     def __init__(self) -> None:
-        import subprocess
-
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
@@ -114,14 +118,49 @@ def _chunks(value: bytes) -> list[bytes]:
     return [value[k : k + 16] for k in range(0, len(value) - 15, 16)]
 
 
-def _found(pid: int, chunks: list[bytes], own: tuple[int, int]) -> list[bytes]:
-    scan = _inspect.scan_memory(pid, chunks)
-    return [c for c in chunks if scan.found(c, outside=own)]
+def prehash(
+    pw: bytes,
+    salt: bytes,
+    *,
+    t: int,
+    m: int,
+    p: int,
+    taglen: int,
+    secret: bytes = b"",
+    ad: bytes = b"",
+) -> bytes:
+    """Argon2id's 64-byte pre-hash H0 (RFC 9106, section 3.2): with the salt, as good as the
+    passphrase to whoever finds it."""
+
+    def le(x: int) -> bytes:
+        return struct.pack("<I", x)
+
+    data = le(p) + le(taglen) + le(m) + le(t) + le(0x13) + le(2) + le(len(pw)) + pw
+    data += le(len(salt)) + salt + le(len(secret)) + secret + le(len(ad)) + ad
+    return hashlib.blake2b(data, digest_size=64).digest()
 
 
-def _run(where: str, control: bool) -> dict[int, tuple[int, int]]:
-    """Make ``PER_LENGTH`` passphrases of every length in the child, derive from each, scan once.
-    Returns ``{length: (chunks found, chunks)}`` summed over that length's passphrases."""
+def test_prehash_is_rfc9106s() -> None:
+    """The needle H0 is computed right: RFC 9106's Argon2id pre-hashing digest (section 5.3)."""
+    h0 = prehash(
+        b"\x01" * 32, b"\x02" * 16, t=3, m=32, p=4, taglen=32, secret=b"\x03" * 8, ad=b"\x04" * 12
+    )
+    assert h0.hex() == (
+        "2889de487eb42ae500c0007ed9252f1069eadec40d5765b485de6dc2437a67b8"
+        "546a2f0acc1a0882db8fcf74714b472e94df421a5da1112ffa11434370a1e997"
+    )
+
+
+@dataclass
+class Result:
+    per_length: dict[int, tuple[int, int]]  # length: (chunks found, chunks), all its passphrases
+    derived: dict[str, int]  # pre-hash and key chunks found (closed keys: found anywhere)
+
+
+def _run(where: str, control: bool) -> Result:
+    """Make ``PER_LENGTH`` passphrases of every length in the child, derive from each, scan once
+    for the passphrases' 16-byte chunks and (not in the control) those of each derivation's
+    pre-hash H0 and key."""
     impl = _best_impl()
     made: list[tuple[int, bytes, tuple[int, int], int]] = []
     with Worker() as w:
@@ -133,7 +172,14 @@ def _run(where: str, control: bool) -> dict[int, tuple[int, int]]:
             w.send(f"argon2 {impl} {key} {where} {MEMORY}")
             if control:
                 w.send(f"control {key}")
-        needles = [c for _, pw, _, _ in made for c in _chunks(pw)]
+        derived: dict[bytes, str] = {}
+        if not control:
+            for i, (_, pw, _, _) in enumerate(made):
+                h0 = prehash(pw, SALT, t=1, m=MEMORY, p=4, taglen=32)
+                kdf = Argon2id(salt=SALT, length=32, iterations=1, lanes=4, memory_cost=MEMORY)
+                for name, value in ((f"H0 {i}", h0), (f"key {i}", kdf.derive(pw))):
+                    derived.update({c: f"{name}[{k * 16}:]" for k, c in enumerate(_chunks(value))})
+        needles = [c for _, pw, _, _ in made for c in _chunks(pw)] + list(derived)
         scan = _inspect.scan_memory(w.pid, needles)
     out: dict[int, tuple[int, int]] = {}
     for length, pw, own, _ in made:
@@ -141,21 +187,24 @@ def _run(where: str, control: bool) -> dict[int, tuple[int, int]]:
         found = sum(1 for c in chunks if scan.found(c, outside=own))
         f0, t0 = out.get(length, (0, 0))
         out[length] = (f0 + found, t0 + len(chunks))
-    print(f"{impl} {where}{' control' if control else ''}: {out}")
-    return out
+    hits = {name: len(scan.found(c)) for c, name in derived.items() if scan.found(c)}
+    print(f"{impl} {where}{' control' if control else ''}: {out}; derived found: {hits or 'none'}")
+    return Result(out, hits)
 
 
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_no_chunk_of_the_passphrase_left(where: str) -> None:
-    """No 16-byte chunk of any passphrase anywhere outside its own pages, at every length."""
+    """No 16-byte chunk of any passphrase anywhere outside its own pages, at every length; no
+    chunk of a pre-hash or of a (closed) key anywhere."""
     result = _run(where, control=False)
-    assert all(found == 0 for found, _ in result.values()), f"chunks found: {result}"
+    assert all(found == 0 for found, _ in result.per_length.values()), result.per_length
+    assert result.derived == {}
 
 
 @pytest.mark.parametrize("where", ["main", "thread"])
 def test_control_a_kept_copy_is_found(where: str) -> None:
     result = _run(where, control=True)
-    assert all(found == total > 0 for found, total in result.values()), result
+    assert all(found == total > 0 for found, total in result.per_length.values()), result
 
 
 if __name__ == "__main__":

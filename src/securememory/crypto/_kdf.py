@@ -58,9 +58,10 @@ def argon2id(
     called by pointer: it reads the passphrase where it is, in the secret's pages during one
     access, and writes the key straight into the new secret's pages. It makes no heap copy of
     the passphrase (it hashes it, on the stack, into the 64-byte pre-hash the memory is filled
-    from) and wipes its memory blocks before freeing them. The hash state it leaves on the
-    calling thread's stack is overwritten by a second, cheapest derivation with a zero
-    passphrase of the same length, run at once from the same place (same code, same stack
+    from) and wipes its memory blocks before freeing them. A copy of the calling thread's stack
+    taken right after the call held no 8-byte run of the passphrase or of the key (the reference
+    code wipes its BLAKE2b buffers); as defence in depth, a second, cheapest derivation with a
+    zero passphrase of the same length runs at once from the same place (same code, same stack
     slots). Checked from outside by ``tests/test_argon2_heap.py``: no 16-byte chunk of a
     512-1024-byte passphrase anywhere in the process after the call, from the main thread or a
     worker thread. Not guaranteed: the copies that exist while the call runs.
