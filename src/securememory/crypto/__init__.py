@@ -55,6 +55,8 @@ Where the key goes inside ``cryptography`` and OpenSSL, and what this module doe
   secure pages. libsodium wipes its hashes of the key and the nonce with ``sodium_memzero``;
   no limb or digit of the scalar or nonce was found on the stack after a call, and as defence
   in depth the same call is run at once under an all-zero key, which reuses the same slots.
+  These C calls (and Argon2's) run inside an access, and the compiled core zeroes the vector
+  registers when an access (or the filling of a new secret) ends.
 
 The scrubs are best effort, not something this module can observe; the tests check them from
 outside (``tests/test_heap_proof.py``): after 10,000 mixed operations, a passphrase prompt, an

@@ -9,7 +9,7 @@ from typing import NoReturn
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from .._factory import SecretFactory
-from .._secret import Secret
+from .._secret import Secret, copy_bytes
 from . import _cffi
 from ._common import Buffer, default_factory, require_secret
 
@@ -76,7 +76,7 @@ class X25519PrivateKey:
         with secret.access() as src:
 
             def fill(out: memoryview) -> None:
-                out[:] = src  # a memcpy from page to page
+                copy_bytes(out, src)  # page to page, in the compiled core
 
             key = make._create(KEY_SIZE, fill)
         try:
