@@ -6,14 +6,17 @@ two random passphrases of each of 512, 800, 1000 and 1024 bytes with ``create_ra
 view, and derives a key from each with :func:`securememory.crypto.argon2id` (64 MiB, 4 lanes, one
 pass), from the main thread or from a worker thread (which has its own ``malloc`` arena and
 stack). The parent then scans the child's whole memory (``/proc/<pid>/mem``) once for every
-passphrase's 16-byte chunks.
+passphrase's 16-byte chunks, and those of every derivation's pre-hash H0 (which, with the salt,
+is as good as the passphrase) and key (closed at once: it must be nowhere).
 
 Correct: no chunk anywhere outside the passphrase's own pages. The bug it catches: the old code
 went through ``cryptography``, whose OpenSSL parameter block left a copy of the passphrase in
 freed heap, which its scrub reached only when ``malloc`` handed the same block back. That depends
-on the allocator's state, so this test saw it in some runs only (one run in two or three here:
-e.g. 15/124 chunks of the 1000-byte passphrases, 16/64 of one 1024-byte passphrase, from the
-worker thread); the issue saw 16-30 of 50-64 chunks at 800-1024 bytes.
+on the allocator's state. With this test as it is, the old code failed the worker-thread case
+in 3 runs of 3 (19 of the 128 chunks of the two 1024-byte passphrases) and passed the main-thread
+case in 3 of 3; earlier variants saw 10/50 chunks at 800 bytes and 10/62 at 1000 from the main
+thread, 15/124 at 1000 and 16/64 at 1024 from a worker thread. The issue saw 16-30 of 50-64
+chunks at 800-1024 bytes. The new code: none, in every run.
 
 Control: the same scan, after the child kept a plain ``bytearray`` copy of the passphrase, finds
 every chunk (the scan sees the child's heap and can fail).
