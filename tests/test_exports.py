@@ -31,7 +31,9 @@ PUBLIC = {
     },
     "securememory.crypto": {
         "AEAD",
+        "Ed25519PrivateKey",
         "InvalidTag",
+        "X25519PrivateKey",
         "argon2id",
         "constant_time_equal",
         "hkdf",
