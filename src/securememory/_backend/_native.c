@@ -111,7 +111,7 @@ static pthread_cond_t wait_cond = PTHREAD_COND_INITIALIZER;
 
 static PyObject *SecureMemoryError, *SecretClosedError, *CanaryError;
 static PyObject *explain_hook; /* Python callable (op, errno, length) -> exception instance */
-static PyObject *release_name; /* "release" */
+static PyObject *release_method; /* memoryview.release, unbound */
 
 static PyTypeObject RegionType, AccessType;
 
@@ -738,7 +738,7 @@ static PyObject *enter(RegionObject *r, Holder *h, int want_view) {
 static void release_view(PyObject *view) {
     /* memoryview.release(): raises BufferError if something still holds a buffer from this very
      * view (then it lives on, counted in r->exports, and free_region quarantines the range). */
-    PyObject *res = PyObject_CallMethodNoArgs(view, release_name);
+    PyObject *res = PyObject_CallOneArg(release_method, view);
     if (res == NULL) PyErr_Clear();
     else Py_DECREF(res);
 }
@@ -1774,8 +1774,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     CanaryError = PyObject_GetAttrString(errors, "CanaryError");
     Py_DECREF(errors);
     if (!SecureMemoryError || !SecretClosedError || !CanaryError) return NULL;
-    release_name = PyUnicode_InternFromString("release");
-    if (release_name == NULL) return NULL;
+    release_method = PyObject_GetAttrString((PyObject *)&PyMemoryView_Type, "release");
+    if (release_method == NULL) return NULL;
     if (PyType_Ready(&RegionType) < 0 || PyType_Ready(&AccessType) < 0) return NULL;
     if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");

@@ -606,7 +606,7 @@ static void ek_end(OpeningObject *o) {
     PyObject *view = o->view;
     o->view = NULL;
     if (view != NULL) {
-        PyObject *res = PyObject_CallMethodNoArgs(view, release_name);
+        PyObject *res = PyObject_CallOneArg(release_method, view);
         if (res == NULL) PyErr_Clear(); /* still exported: its slot is wiped and retired */
         else Py_DECREF(res);
         Py_DECREF(view);
