@@ -21,6 +21,9 @@ __all__ = [
 ]
 
 
+_LAYOUTS: dict[tuple[bool, int, bool], Layout] = {}
+
+
 @dataclass(frozen=True)
 class Implementation:
     """What one implementation is. ``name`` is its factory's ``implementation``."""
@@ -35,9 +38,16 @@ class Implementation:
     def layout(self, size: int, shareable: bool = False) -> Layout:
         """The layout of a secret of ``size`` bytes (a shareable plain one has its live marker
         in front of the data; a guarded one's canary is its marker)."""
-        if self.guarded:
-            return Layout.guarded(size)
-        return Layout.plain(size, SHARE_HEADER if shareable else 0)
+        key = (self.guarded, size, shareable)
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            if self.guarded:
+                layout = Layout.guarded(size)
+            else:
+                layout = Layout.plain(size, SHARE_HEADER if shareable else 0)
+            if len(_LAYOUTS) < 4096:  # the common sizes; frozen, so shared safely
+                _LAYOUTS[key] = layout
+        return layout
 
     def placement(self, size: int, shareable: bool = False) -> tuple[Layout, Backing]:
         """The layout and backing of a secret of ``size`` bytes. A shareable one (made with

@@ -156,7 +156,7 @@ class Secret(_region.Region):
         changed. An exception raised by a signal handler while it waits ends the wait; the secret
         then stays closing and is wiped by the last access to end.
         """
-        if self.closed:
+        if self.closed or self._close_if_idle():  # no access running: wiped and freed now
             return
         me = threading.get_ident()
         with _process.waits() as graph:
