@@ -25,7 +25,7 @@ import nox
 
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]  # keep in step with pyproject's classifiers
 DEFAULT = "3.11"
-EXTRAS = ".[test,crypto]"
+EXTRAS = ".[test,crypto,docs]"  # docs: tests/test_docs.py must run in CI
 
 nox.options.sessions = ["tests"]
 nox.options.error_on_missing_interpreters = False  # absent: skipped with the reason

@@ -39,6 +39,7 @@ setup(
         Extension(
             "securememory._backend._native",
             ["src/securememory/_backend/_native.c"],
+            depends=["src/securememory/_backend/enclave.c"],  # #included by _native.c
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
         )
     ],

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import securememory
+from securememory import _inspect
 
 from .ours import factory_for
 from .peers import Sodium
@@ -20,11 +21,7 @@ CAP = 1 << 20  # stop counting here: the limit is not being applied
 
 
 def _vmlck() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmLck:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _inspect.status_field("self", "VmLck")
 
 
 def count_secrets(impl: str) -> dict[str, Any]:

@@ -97,6 +97,7 @@ class CFloor:
         self.spin_until = bind(lib, "spin_until", None, ctypes.POINTER(ctypes.c_int))
         self._sodium_cycles = bind(lib, "floor_sodium_malloc_free", dbl, vp, vp, lng)
         self._secretmem_cycles = bind(lib, "floor_secretmem_cycles", dbl, lng)
+        self._memguard_opens = bind(lib, "floor_memguard_opens", dbl, lng)
 
     def page_new(self) -> int:
         p: int | None = self._page_new()
@@ -137,6 +138,11 @@ class CFloor:
     def secretmem_cycles(self) -> CBatch:
         """``memfd_secret`` + ``ftruncate`` + ``mmap`` + ``munmap`` + ``close`` of one page."""
         return lambda batch: _checked(self._secretmem_cycles(batch), "memfd_secret cycle")
+
+    def memguard_opens(self) -> CBatch:
+        """memguard's Enclave.Open design, its system calls from C: two guarded, locked
+        buffers made and destroyed per open (see ``floor_memguard_opens``)."""
+        return lambda batch: _checked(self._memguard_opens(batch), "memguard open")
 
     def bzero_32(self) -> CBatch:
         return lambda batch: _checked(self._bzero(batch), "explicit_bzero")

@@ -40,6 +40,21 @@ B32 = "32 bytes"
 FLOOR_TWO = "2 threads"
 PEER_CREATE = "malloc(32)+free"  # libsodium; bytearray uses the same case name
 
+# sealed enclaves (issue 11)
+ENCLAVE = "enclave"
+MEMGUARD_C = "memguard design, from C"  # two guarded, locked buffers per open (floor.c)
+PLAIN_AESGCM = "cryptography AESGCM, bytes keys"
+OPEN = "enclave open"
+SEAL = "enclave seal"
+ENVELOPE = "envelope encryption"
+RECORD_1K = "1 KiB record, its own data key"
+ENCLAVE_GROUP = "1 thread, enclave group"  # the floor measured beside the enclave rows
+ENCLAVE_GROUP_BUSY = "busy C thread, enclave group"
+OPEN_TARGET_FLOOR_RATIO = 1.0  # target (e): open <= the C floor of one mprotect pair
+OPEN_BUSY_TARGET_RATIO = 1.2  # target (f): open with a busy C thread <= 1.2x open alone
+SEAL_TARGET_OPEN_RATIO = 2.0  # target (g)
+ENVELOPE_TARGET_PEER_RATIO = 3.0  # target (h): per record, against AESGCM with bytes keys
+
 ACCESS_TARGET_FLOOR_RATIO = 1.3  # target (a)
 CREATE_TARGET_PEER_RATIO = 1.0  # target (b), against libsodium called from C
 HEAP_TARGET_BYTES = 512  # target (d): Python heap per live secret
@@ -64,7 +79,7 @@ def n_layout_case(n: int, layout: str) -> str:
 
 
 CASE_ORDER = [ONE, ONE_PER_CALL, ONE_CM, BUSY_C, BUSY_PY, TWO_SAME, TWO_DIFF, FLOOR_TWO, PAGE1, B32]
-CASE_ORDER += [NEW, RANDOM, PEER_CREATE]
+CASE_ORDER += [NEW, RANDOM, PEER_CREATE, RECORD_1K, ENCLAVE_GROUP, ENCLAVE_GROUP_BUSY]
 
 
 @dataclass
@@ -139,6 +154,16 @@ def references(row: Row) -> tuple[str | None, str | None]:
     elif op == CREATE:
         floor = row_id(MAPLOCK, PAGE1, C)
         peer = row_id(CREATE, case, SODIUM)
+    elif op == OPEN:
+        if case == ONE:
+            floor = row_id(MPROTECT, ENCLAVE_GROUP, C)
+            peer = None if impl == MEMGUARD_C else row_id(OPEN, ONE, MEMGUARD_C)
+        else:  # a busy thread: against the same open alone (target f)
+            floor = row_id(OPEN, ONE, impl)
+    elif op == SEAL:
+        floor = row_id(OPEN, ONE, impl)
+    elif op == ENVELOPE and impl != PLAIN_AESGCM:
+        peer = row_id(ENVELOPE, case, PLAIN_AESGCM)
     if impl in (SODIUM, SODIUM_C):
         peer = None
     return floor, peer
@@ -270,6 +295,35 @@ def targets(
                 }
             )
 
+    def ratio_check(rid: str, which: str, limit: float) -> list[dict[str, Any]]:
+        r = by_id.get(rid)
+        value = None if r is None else getattr(r, which)
+        if r is None or value is None:
+            return [{"row": rid, "status": "not evaluated", "reason": "row or reference missing"}]
+        return [
+            {
+                "row": rid,
+                "median_ns": r.median_ns,
+                which: value,
+                f"{which}_max": limit,
+                "status": "met" if value <= limit else "not met",
+            }
+        ]
+
+    e_checks = ratio_check(row_id(OPEN, ONE, ENCLAVE), "floor_ratio", OPEN_TARGET_FLOOR_RATIO)
+    memguard = by_id.get(row_id(OPEN, ONE, ENCLAVE))
+    if memguard is not None and memguard.peer_ratio is not None:  # context, not the target
+        e_checks[0]["memguard_design_over_ours"] = 1 / memguard.peer_ratio
+    f_checks = ratio_check(row_id(OPEN, BUSY_C, ENCLAVE), "floor_ratio", OPEN_BUSY_TARGET_RATIO)
+    busy_floor = by_id.get(row_id(MPROTECT, ENCLAVE_GROUP_BUSY, C))
+    idle_floor = by_id.get(row_id(MPROTECT, ENCLAVE_GROUP, C))
+    if busy_floor is not None and idle_floor is not None:  # context: what mprotect designs pay
+        f_checks[0]["mprotect_pair_busy_over_alone"] = busy_floor.median_ns / idle_floor.median_ns
+    g_checks = ratio_check(row_id(SEAL, ONE, ENCLAVE), "floor_ratio", SEAL_TARGET_OPEN_RATIO)
+    h_checks = ratio_check(
+        row_id(ENVELOPE, RECORD_1K, ENCLAVE), "peer_ratio", ENVELOPE_TARGET_PEER_RATIO
+    )
+
     return [
         Target(
             "a",
@@ -297,6 +351,32 @@ def targets(
             f"Python heap per live secret <= {HEAP_TARGET_BYTES} bytes (tracemalloc)",
             _overall(d_checks),
             d_checks,
+        ),
+        Target(
+            "e",
+            f"enclave open (`with e.open() as v: v[0]`) <= {OPEN_TARGET_FLOOR_RATIO}x the C "
+            "floor of one mprotect pair",
+            _overall(e_checks),
+            e_checks,
+        ),
+        Target(
+            "f",
+            f"enclave open with a busy C thread <= {OPEN_BUSY_TARGET_RATIO}x the same open alone",
+            _overall(f_checks),
+            f_checks,
+        ),
+        Target(
+            "g",
+            f"Enclave.seal(32 bytes) <= {SEAL_TARGET_OPEN_RATIO}x the enclave open",
+            _overall(g_checks),
+            g_checks,
+        ),
+        Target(
+            "h",
+            "envelope encryption, per 1 KiB record with its own data key sealed in an enclave, "
+            f"<= {ENVELOPE_TARGET_PEER_RATIO}x cryptography's AESGCM with bytes keys",
+            _overall(h_checks),
+            h_checks,
         ),
     ]
 
@@ -361,12 +441,29 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _ratio_text(c: dict[str, Any]) -> str:
+    if "median_ns" not in c:
+        return f" ({c.get('reason', '')})"
+    parts = [f"{fmt_ns(c['median_ns'])} ns"]
+    for which in ("floor_ratio", "peer_ratio"):
+        if which in c:
+            parts.append(f"{c[which]:.2f}x its reference (<= {c[which + '_max']})")
+    if "memguard_design_over_ours" in c:
+        parts.append(f"memguard's design costs {c['memguard_design_over_ours']:.1f}x ours")
+    if "mprotect_pair_busy_over_alone" in c:
+        parts.append(f"an mprotect pair busy/alone: {c['mprotect_pair_busy_over_alone']:.2f}x")
+    return ": " + "; ".join(parts)
+
+
 def targets_text(ts: Sequence[dict[str, Any]]) -> str:
     """The targets (in their JSON form) as text, with the numbers behind each verdict."""
     out = []
     for t in ts:
         out.append(f"target ({t['id']}) {t['status'].upper()}: {t['description']}")
         for c in t["checks"]:
+            if "row" in c:  # the enclave targets (e-h): one row and one ratio each
+                out.append(f"    {c['row']}: {c['status']}" + _ratio_text(c))
+                continue
             what = c["implementation"] + (f" {c['case']}" if "case" in c else "")
             if c["status"] == "not evaluated" and "ratio" not in c and "median_ns" not in c:
                 out.append(f"    {what}: not evaluated ({c.get('reason', '')})")

@@ -3,7 +3,6 @@ in an 8 MiB ``RLIMIT_MEMLOCK`` in an unprivileged child."""
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import math
@@ -15,9 +14,10 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import securememory
+from securememory import _probe
 
 from . import report as R
 from .native import HERE
@@ -28,7 +28,6 @@ from .timing import Op, Stat, measure, no_gc
 SAMPLE = 1024  # accesses cycle over this many secrets drawn at random from the N live ones
 CHUNKS = 50  # creates of one pass are timed in about this many chunks
 MEMLOCK_LIMIT = 8 << 20
-PR_CAPBSET_DROP, CAP_IPC_LOCK = 24, 14
 
 
 @dataclass(frozen=True)
@@ -150,15 +149,6 @@ def scale_sodium(
     return rows
 
 
-def _unprivileged(limit: int, drop_cap: bool) -> Callable[[], None]:
-    def preexec() -> None:
-        if drop_cap and ctypes.CDLL(None).prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP, CAP_IPC_LOCK) failed")
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
-
-    return preexec
-
-
 def memlock_capacity(impls: Sequence[str], limit: int = MEMLOCK_LIMIT) -> dict[str, Any]:
     """Run :mod:`benchmarks.memlock_child` under ``RLIMIT_MEMLOCK = limit`` without
     ``CAP_IPC_LOCK``; the number of 32-byte secrets that fit, per implementation."""
@@ -184,7 +174,7 @@ def memlock_capacity(impls: Sequence[str], limit: int = MEMLOCK_LIMIT) -> dict[s
             text=True,
             timeout=600,
             env=env,
-            preexec_fn=_unprivileged(limit, root),
+            preexec_fn=lambda: _probe._unprivileged(limit),
         )
     except (OSError, subprocess.SubprocessError) as e:
         out["error"] = f"could not run the child: {e}"

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import securememory
 
+from . import enclave as EB
 from . import report as R
 from .native import CFloor, CSpinner, CtypesFloor, PySpinner, Spinner, build
 from .ours import (
@@ -90,7 +91,7 @@ class Run:
     footprints: list[Footprint] = field(default_factory=list)
 
     def add(self, operation: str, case: str, impl: str, stat: Stat, **kw: Any) -> R.Row:
-        if impl in R.OURS:
+        if impl in R.OURS or impl == R.ENCLAVE:
             kw.setdefault("backend", securememory.stats().backend)
         row = R.Row.of(operation, case, impl, stat, **kw)
         self.rows.append(row)
@@ -124,6 +125,7 @@ class Subjects:
     cpages: tuple[int, int] | None
     ctypes_floor: CtypesFloor
     array: bytearray
+    enclave: Any = None  # a 32-byte securememory.Enclave, None without PyNaCl
 
     @classmethod
     def make(cls, impls: Sequence[str], sodium: Sodium | None, cfloor: CFloor | None) -> Subjects:
@@ -138,6 +140,7 @@ class Subjects:
             None if cfloor is None else (cfloor.page_new(), cfloor.page_new()),
             CtypesFloor(),
             bytearray(SECRET),
+            None if EB.unavailable() else securememory.Enclave.seal(SECRET),
         )
 
     def close(self) -> None:
@@ -286,6 +289,61 @@ def _create_close(run: Run, s: Subjects) -> None:
     run.group("create+close", ms)
 
 
+def _enclave(run: Run, s: Subjects) -> None:
+    """Sealed enclaves, in one group so that every ratio is taken round by round: the open, its
+    floor (one mprotect pair in C), the open and the floor with a C thread spinning on the other
+    CPU (started for each of their batches, outside the timing), the seal, and memguard's open."""
+    if s.enclave is None:
+        return
+    cfg = run.config
+    here, other = cfg.cpus or (None, None)
+    open_op = EB.open_read(s.enclave)
+    note = "with e.open() as v: v[0] (32 bytes)"
+    ms = [_py(run, (R.OPEN, R.ONE, R.ENCLAVE), open_op, note=note)]
+    ms.append(_py(run, (R.SEAL, R.ONE, R.ENCLAVE), EB.seal_32(), note="Enclave.seal(bytes32)"))
+    if s.cfloor is not None and s.cpages is not None:
+        cfloor = s.cfloor
+        pairs = cfloor.mprotect_pairs(s.cpages[0])
+        ms.append(_c(run, (R.MPROTECT, R.ENCLAVE_GROUP, R.C), pairs))
+        note = "2 x (mmap 3 pages + 2 mprotect + mlock), 2 x (munlock + munmap); no crypto"
+        ms.append(_c(run, (R.OPEN, R.ONE, R.MEMGUARD_C), cfloor.memguard_opens(), note))
+
+        def busy(key: Key, timed: Callable[[], float], batch: int, note: str) -> Member:
+            def run_round() -> list[float]:
+                with pinned(here), CSpinner(cfloor, other):
+                    return [timed()]
+
+            return Member(key, run_round, batch, note=note)
+
+        spin = CSpinner.description
+        n = calibrate(open_op, cfg.target_ns)
+        ms.append(busy((R.OPEN, R.BUSY_C, R.ENCLAVE), lambda: time_batch(open_op, n), n, spin))
+        n_c = calibrate_c(pairs, cfg.target_ns)
+        key = (R.MPROTECT, R.ENCLAVE_GROUP_BUSY, R.C)
+        ms.append(busy(key, lambda: pairs(n_c), n_c, spin))
+    else:
+        run.skip(f"{R.OPEN} | {R.BUSY_C}", "no compiled C floor (no C compiler)")
+    run.group("sealed enclaves", ms)
+
+
+def _envelope(run: Run, s: Subjects) -> None:
+    """Envelope encryption: a 1 KiB record per operation, each with its own data key."""
+    if s.enclave is None:
+        return
+    reason = EB.crypto_unavailable()
+    if reason is not None:
+        run.skip(R.ENVELOPE, reason)
+        return
+    n = 10_000 if run.config.quick else EB.ENVELOPE_KEYS
+    sealed, plain = EB.envelope_keys(n)
+    note = f"{n:,} data keys used in turn; AES-256-GCM, a fresh 12-byte nonce each"
+    ms = [
+        _py(run, (R.ENVELOPE, R.RECORD_1K, R.ENCLAVE), EB.envelope_ours(sealed), note=note),
+        _py(run, (R.ENVELOPE, R.RECORD_1K, R.PLAIN_AESGCM), EB.envelope_plain(plain), note=note),
+    ]
+    run.group("envelope encryption", ms)
+
+
 def _bzero(run: Run, s: Subjects) -> None:
     ms: list[Member] = []
     if s.cfloor is not None:
@@ -364,8 +422,10 @@ def _heap_per_secret(run: Run, impls: Sequence[str]) -> dict[str, float]:
 
 def _order(rows: Sequence[R.Row]) -> list[R.Row]:
     """Floors first, then by operation and case, ours before peers, N ascending."""
-    ops = [R.MPROTECT, R.MAPLOCK, R.SECRETMEM_CYCLE, R.BZERO, R.ACCESS, R.CREATE_CLOSE, R.CREATE]
-    impls = [R.C, R.CTYPES, *R.OURS, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
+    ops = [R.MPROTECT, R.MAPLOCK, R.SECRETMEM_CYCLE, R.BZERO, R.ACCESS, R.OPEN, R.SEAL]
+    ops += [R.ENVELOPE, R.CREATE_CLOSE, R.CREATE]
+    impls = [R.C, R.CTYPES, *R.OURS, R.ENCLAVE, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
+    impls += [R.MEMGUARD_C, R.PLAIN_AESGCM]
     cases = list(R.CASE_ORDER)
     for r in rows:
         if r.case not in cases:
@@ -407,11 +467,15 @@ def run(config: Config) -> dict[str, Any]:
         if cfloor is None:
             r.skip("C floor", native.reason or "not built")
         subjects = Subjects.make(impls, None if isinstance(sodium, str) else sodium, cfloor)
+        if subjects.enclave is None:
+            r.skip(R.ENCLAVE, EB.unavailable() or "")
         try:
             _single_access(r, subjects)
             _busy_access(r, subjects)
             _two_threads(r, subjects)
             _create_close(r, subjects)
+            _enclave(r, subjects)
+            _envelope(r, subjects)
             _bzero(r, subjects)
         finally:
             subjects.close()

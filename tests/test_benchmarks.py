@@ -107,6 +107,17 @@ def test_every_operation_is_present(run: tuple[dict[str, Any], str, Path]) -> No
         for n in SIZES:
             for layout in (R.PLAIN, R.GUARDED):
                 want.add(R.row_id(R.MPROTECT, R.n_layout_case(n, layout), R.C))
+    if "enclave" not in skipped:
+        want.add(R.row_id(R.OPEN, R.ONE, R.ENCLAVE))
+        want.add(R.row_id(R.SEAL, R.ONE, R.ENCLAVE))
+        if "C floor" not in skipped:
+            want.add(R.row_id(R.OPEN, R.ONE, R.MEMGUARD_C))
+            want.add(R.row_id(R.OPEN, R.BUSY_C, R.ENCLAVE))
+            want.add(R.row_id(R.MPROTECT, R.ENCLAVE_GROUP, R.C))
+            want.add(R.row_id(R.MPROTECT, R.ENCLAVE_GROUP_BUSY, R.C))
+        if R.ENVELOPE not in skipped:
+            want.add(R.row_id(R.ENVELOPE, R.RECORD_1K, R.ENCLAVE))
+            want.add(R.row_id(R.ENVELOPE, R.RECORD_1K, R.PLAIN_AESGCM))
     assert want <= ids, sorted(want - ids)
 
 
@@ -155,7 +166,7 @@ def test_ratios_are_consistent(run: tuple[dict[str, Any], str, Path]) -> None:
 def test_targets(run: tuple[dict[str, Any], str, Path]) -> None:
     report = _report(run)
     targets = {t["id"]: t for t in report["targets"]}
-    assert set(targets) == {"a", "b", "c", "d"}
+    assert set(targets) == {"a", "b", "c", "d", "e", "f", "g", "h"}
     by_id = {r["id"]: r for r in report["results"]}
     for t in targets.values():
         assert t["status"] in STATUSES
@@ -183,6 +194,17 @@ def test_targets(run: tuple[dict[str, Any], str, Path]) -> None:
         assert c["status"] == "not evaluated"
         assert c["max_n"] == max(SIZES)
         assert math.isclose(c["ratio"], c["access_ns_at_max_n"] / c["access_ns_at_1"])
+    limits = {
+        "e": ("floor_ratio", R.OPEN_TARGET_FLOOR_RATIO),
+        "f": ("floor_ratio", R.OPEN_BUSY_TARGET_RATIO),
+        "g": ("floor_ratio", R.SEAL_TARGET_OPEN_RATIO),
+        "h": ("peer_ratio", R.ENVELOPE_TARGET_PEER_RATIO),
+    }
+    for tid, (which, limit) in limits.items():  # the enclave targets: one row, one ratio each
+        for c in targets[tid]["checks"]:
+            if c["status"] != "not evaluated":
+                assert c[which] == by_id[c["row"]][which]
+                assert (c["status"] == "met") == (c[which] <= limit)
     heap = report["python_heap_per_secret"]
     for c in targets["d"]["checks"]:
         assert c["heap_bytes_per_secret"] == heap[c["implementation"]] > 0

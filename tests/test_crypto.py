@@ -277,3 +277,76 @@ def test_import_error_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "pip install securememory[crypto]" in out.stdout, out.stdout + out.stderr
+
+
+# RFC 9106, section 5.3: Argon2id, version 0x13
+RFC9106_TAG = "0d640df58d78766c08c037a34a8b53c9d01ef0452d75b65eb52520e96b01e659"
+
+
+def test_argon2id_rfc9106_vector() -> None:
+    """The C call the module makes, with RFC 9106's own inputs (a key ``secret`` included)."""
+    from securememory.crypto._kdf import _argon2_ctx
+
+    out = bytearray(32)
+    rc = _argon2_ctx(b"\x01" * 32, out, b"\x02" * 16, b"\x04" * 12, b"\x03" * 8, 3, 4, 32)
+    assert rc == 0
+    assert out.hex() == RFC9106_TAG
+
+
+@pytest.mark.parametrize(
+    ("length", "iterations", "lanes", "memory_cost", "ad", "pw_len"),
+    [
+        (32, 3, 4, 64 * 1024, None, 24),  # the defaults
+        (16, 1, 1, 8, b"", 1),
+        (64, 2, 3, 96, b"associated", 1000),
+        (100, 1, 8, 64, None, 1024),
+    ],
+)
+def test_argon2id_same_output_as_cryptography(
+    length: int, iterations: int, lanes: int, memory_cost: int, ad: bytes | None, pw_len: int
+) -> None:
+    factory = securememory.SecretFactory()
+    raw = os.urandom(pw_len)
+    salt = os.urandom(16)
+    expected = Argon2id(
+        salt=salt,
+        length=length,
+        iterations=iterations,
+        lanes=lanes,
+        memory_cost=memory_cost,
+        ad=ad,
+    ).derive(raw)
+    with (
+        factory.new(bytearray(raw)) as pw,
+        crypto.argon2id(
+            pw,
+            salt,
+            length=length,
+            iterations=iterations,
+            lanes=lanes,
+            memory_cost=memory_cost,
+            associated_data=ad,
+        ) as key,
+    ):
+        assert key.with_bytes(bytes) == expected
+
+
+def test_argon2id_bad_parameters_leave_nothing(factory: securememory.SecretFactory) -> None:
+    before = _usage()
+    with factory.new(bytearray(b"passphrase")) as pw:
+        during = _usage()
+        for kwargs, match in (
+            ({"length": 3}, "length"),
+            ({"iterations": 0}, "iterations"),
+            ({"lanes": 0}, "lanes"),
+            ({"lanes": 4, "memory_cost": 31}, "memory_cost"),
+            ({"memory_cost": 2**32}, "memory_cost"),
+        ):
+            with pytest.raises(ValueError, match=match):
+                crypto.argon2id(pw, b"saltsalt", factory=factory, **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="salt"):
+            crypto.argon2id(pw, b"short", factory=factory)
+        with pytest.raises(TypeError, match="lanes must be an int"):
+            crypto.argon2id(pw, b"saltsalt", lanes=2.0, factory=factory)  # type: ignore[arg-type]
+        assert _usage() == during
+    assert _usage() == before

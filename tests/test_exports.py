@@ -12,6 +12,7 @@ import pytest
 PUBLIC = {
     "securememory": {
         "CanaryError",
+        "Enclave",
         "MapCountError",
         "MemoryLockError",
         "Secret",
@@ -21,12 +22,18 @@ PUBLIC = {
         "SecureMemoryError",
         "Stats",
         "UnsupportedPlatformError",
+        "catch_signals",
+        "purge",
+        "receive",
         "scratch",
+        "send",
         "stats",
     },
     "securememory.crypto": {
         "AEAD",
+        "Ed25519PrivateKey",
         "InvalidTag",
+        "X25519PrivateKey",
         "argon2id",
         "constant_time_equal",
         "hkdf",

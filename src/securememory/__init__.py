@@ -9,9 +9,11 @@ and wiped when no longer needed.
 
 from __future__ import annotations
 
+from ._enclave import Enclave, catch_signals, purge
 from ._factory import SecretFactory
 from ._process import Stats, stats
 from ._secret import Secret, SecretReader, scratch
+from ._share import receive, send
 from .errors import (
     CanaryError,
     MapCountError,
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CanaryError",
+    "Enclave",
     "MapCountError",
     "MemoryLockError",
     "Secret",
@@ -34,6 +37,10 @@ __all__ = [
     "SecureMemoryError",
     "Stats",
     "UnsupportedPlatformError",
+    "catch_signals",
+    "purge",
+    "receive",
     "scratch",
+    "send",
     "stats",
 ]

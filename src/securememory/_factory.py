@@ -8,13 +8,23 @@ on the ``securememory`` logger.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import sys
 from typing import Any, Callable, ClassVar
 
 from . import _implementations, _ingress, _process
 from ._implementations import Implementation
-from ._secret import Secret, check_size, create, wipe_buffer
+from ._secret import (
+    Secret,
+    check_size,
+    copy_bytes,
+    create,
+    scratch,
+    take_environ,
+    wipe_buffer,
+)
 from .errors import UnsupportedPlatformError
 
 _log = logging.getLogger("securememory")
@@ -31,8 +41,12 @@ class SecretFactory:
     included); the per-region exclusion (``MADV_DONTDUMP`` on Linux, nothing on macOS) still
     applies.
 
-    Every constructor takes ``inheritable=True`` to make a secret that stays usable in a child
-    made by ``os.fork()`` (see :mod:`securememory.sharing`); by default a child sees nothing.
+    Every constructor takes ``inheritable=True`` to make a *shareable* secret: its pages are a
+    file (``memfd_secret`` for secretmem, a sealed ``memfd`` for guarded and protected) that
+    stays usable in a child made by ``os.fork()``, and that :func:`securememory.send` and
+    ``multiprocessing`` can pass to another process. By default a forked child sees nothing and
+    the secret cannot leave its process. The descriptor is close-on-exec: an ``exec``'d program
+    never inherits it. See docs/topics/sharing.rst for who wipes and who pays the memlock.
     """
 
     _spec: ClassVar[Implementation | None] = None
@@ -83,32 +97,34 @@ class SecretFactory:
         its pages (``None``: random). On any failure it is wiped and freed."""
         return create(self.spec, size, fill, inheritable=inheritable)
 
-    def new(self, data: object) -> Secret:
+    def new(self, data: object, *, inheritable: bool = False) -> Secret:
         """Copy ``data`` (any C-contiguous bytes-like object) into a new secret.
 
-        A writable source (bytearray, writable memoryview, array, mmap...) is wiped right after
-        the copy, also when creation fails. A ``bytes`` source cannot be wiped: it stays wherever
-        it came from, so prefer a bytearray or the ``from_*`` methods.
+        Any item format is accepted and copied as its raw bytes: ``bytes``, ``bytearray``,
+        ``memoryview``, ``array.array``, ``mmap``, ctypes arrays and structures (little- or
+        big-endian). A writable source is wiped right after the copy, also when creation fails
+        and also when it is refused: a strided (not C-contiguous) view raises ``ValueError`` after
+        every item it covers is zeroed. A ``bytes`` source cannot be wiped: it stays wherever it
+        came from, so prefer a bytearray or the ``from_*`` methods.
         """
         src = _ingress.source_view(data)
         try:
-            if src.nbytes == 0:
-                raise ValueError("cannot make a secret of 0 bytes")
+            size = check_size(_ingress.check_source(src))
 
             def fill(view: memoryview) -> None:
-                view[:] = src
+                copy_bytes(view, src)
 
-            return self._create(check_size(src.nbytes), fill)
+            return self._create(size, fill, inheritable=inheritable)
         finally:
             if not src.readonly:
                 wipe_buffer(src)
             src.release()
 
-    def create_random(self, size: int) -> Secret:
+    def create_random(self, size: int, *, inheritable: bool = False) -> Secret:
         """A new secret of ``size`` bytes from the OS CSPRNG, written straight into its pages."""
-        return self._create(check_size(size), None)
+        return self._create(check_size(size), None, inheritable=inheritable)
 
-    def from_fd(self, fd: int, size: int) -> Secret:
+    def from_fd(self, fd: int, size: int, *, inheritable: bool = False) -> Secret:
         """Read exactly ``size`` bytes from file descriptor ``fd`` straight into a new secret.
 
         Raises ``ValueError`` naming how many bytes came if the input ends early; nothing is left
@@ -120,10 +136,26 @@ class SecretFactory:
 
         fill = _ingress.fd_filler(fd, n)
 
-        return self._create(n, fill)
+        return self._create(n, fill, inheritable=inheritable)
 
-    def from_stream(self, stream: Any, size: int) -> Secret:
-        """Read exactly ``size`` bytes with ``stream.readinto`` straight into a new secret.
+    def from_stream(
+        self, stream: Any, size: int, until: bytes | None = None, *, inheritable: bool = False
+    ) -> Secret:
+        """Read with ``stream.readinto`` straight into a new secret: exactly ``size`` bytes, or,
+        with ``until`` (one byte, such as ``b"\\n"``), a line of at most ``size`` bytes.
+
+        With ``until`` the value ends at that byte (not included) or at the end of input (many
+        programs print no trailing newline). It is read one byte per ``readinto`` call into
+        locked, undumpable scratch memory, so that nothing after the delimiter is consumed (a pipe
+        cannot give back what was read too far), then copied into a secret of its exact length;
+        the scratch memory is wiped. Raises ``EOFError`` if the input ends before any byte,
+        ``ValueError`` for an empty line or a value longer than ``size`` (what was read of it is
+        wiped; the rest stays in the stream).
+
+        ``readinto`` is not trusted: a count below 0 or above what it was asked for is an
+        ``OSError``, anything but an int a ``TypeError``, at once. If it raises, nothing is left
+        behind: the buffers it was given (and the views of them its frames hold) are released
+        and the new secret's pages are wiped and unmapped.
 
         A buffered stream keeps its own copy of what it read in its buffer, which the library
         cannot wipe: pass an unbuffered one (``open(path, "rb", buffering=0)``, a socket's
@@ -135,12 +167,121 @@ class SecretFactory:
                 f"expected a binary stream with readinto(), got {type(stream).__name__}"
             )
         n = check_size(size)
+        if until is not None:
+            return self._read_line(readinto, n, until, "the stream", inheritable)
 
         fill = _ingress.stream_filler(readinto, n)
 
-        return self._create(n, fill)
+        return self._create(n, fill, inheritable=inheritable)
 
-    def from_file(self, path: str | os.PathLike[str], size: int | None = None) -> Secret:
+    def from_stdin(
+        self, max_size: int = 4096, until: bytes | None = b"\n", *, inheritable: bool = False
+    ) -> Secret:
+        """Read a line from standard input straight into a new secret (``vault kv get -field=k
+        ... | app``): at most ``max_size`` bytes, ending at ``until`` (not included) or at the
+        end of input; ``until=None`` reads everything to the end of input.
+
+        Reads ``sys.stdin``'s file descriptor with ``os.readv``, one byte per call, into locked
+        scratch memory (see :meth:`from_stream`), never through ``sys.stdin``'s text wrapper or
+        its buffer: nothing after the delimiter is consumed, and no ``bytes`` or ``str`` of the
+        value is made. Call it before anything reads ``sys.stdin`` (``input()``,
+        ``sys.stdin.readline()``): what those read ahead sits in their buffer, not in the file
+        descriptor. On a terminal the line is echoed; use :meth:`from_prompt` to type a secret.
+
+        Raises ``EOFError`` when the input is already at its end (a closed pipe, ``/dev/null``),
+        ``ValueError`` for an empty line or a value longer than ``max_size``, ``OSError`` when
+        there is no standard input.
+        """
+        stdin = sys.stdin
+        try:
+            if stdin is None:
+                raise ValueError("sys.stdin is None")
+            fd = stdin.fileno()
+        except (ValueError, OSError) as e:  # None, closed, or not backed by a descriptor
+            raise OSError(
+                errno.EBADF, f"there is no standard input to read a secret from ({e})"
+            ) from None
+        n = check_size(max_size)
+
+        def read_into(b: memoryview) -> int:
+            return os.readv(fd, [b])
+
+        return self._read_line(read_into, n, until, "standard input", inheritable)
+
+    def from_env(self, name: str, *, inheritable: bool = False) -> Secret:
+        """Move the environment variable ``name``'s value into a new secret, and out of the
+        environment.
+
+        The value is copied from ``os.environ``'s own ``bytes`` object straight into the
+        secret's pages (no ``str`` is made). Then the variable is removed from ``os.environ`` and
+        from the C environment, and these copies are overwritten before they are let go: the C
+        string ``getenv`` returns; the ``NAME=`` string of the initial environment block (the one
+        ``/proc/<pid>/environ`` shows, blanked there too), also when the variable was set again
+        since; Python's ``bytes`` object of the value, when nobody else holds it.
+
+        Not wiped, because the library cannot reach them: the environment of the parent process
+        and of the shell that started this one (and their shell history, ``ps e`` output while
+        they run), any ``str`` the program made by reading ``os.environ[name]`` or
+        ``os.getenv(name)`` before this call (alive or in freed memory), ``os.environ.copy()``
+        and other references the program holds, and copies a C library made. Call it early, at
+        start-up, before other threads run (another thread's ``getenv`` may see it emptied).
+
+        Raises ``KeyError`` if the variable is not set, ``ValueError`` if it is empty (it is
+        then left as it is) or its name is invalid, ``TypeError`` for a name that is not a
+        ``str``.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"invalid environment variable name {name!r}")
+        data = getattr(os.environ, "_data", None)
+        if not isinstance(data, dict):
+            raise UnsupportedPlatformError(
+                "os.environ is not the standard mapping of bytes on this platform"
+            )
+        key = os.fsencode(name)
+        value = data.get(key)
+        if value is None:
+            raise KeyError(f"environment variable {name!r} is not set")
+        if not isinstance(value, bytes):
+            raise UnsupportedPlatformError("os.environ does not hold its values as bytes here")
+        size = len(value)
+        del value  # no reference of ours may keep it alive past the wipe
+        if size == 0:
+            raise ValueError(f"environment variable {name!r} is empty")
+
+        def fill(view: memoryview) -> None:
+            copy_bytes(view, data[key])
+
+        secret = self._create(check_size(size), fill, inheritable=inheritable)
+        take_environ(key, data, key)
+        return secret
+
+    def _read_line(
+        self,
+        read_into: Callable[[memoryview], Any],
+        limit: int,
+        until: object,
+        what: str,
+        inheritable: bool,
+    ) -> Secret:
+        delim = _ingress.delimiter(until)
+        with scratch(limit + 1) as buf:
+            n = _ingress.read_line(read_into, buf, limit, delim, what)
+
+            def fill(view: memoryview) -> None:
+                with buf[:n] as part:
+                    copy_bytes(view, part)
+
+            return self._create(n, fill, inheritable=inheritable)
+
+    def from_file(
+        self,
+        path: str | os.PathLike[str],
+        size: int | None = None,
+        *,
+        inheritable: bool = False,
+    ) -> Secret:
         """Read a key file (its whole content, or its first ``size`` bytes) into a new secret,
         unbuffered, with no copy on the heap."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -149,7 +290,7 @@ class SecretFactory:
                 size = os.fstat(fd).st_size
                 if size == 0:
                     raise ValueError(f"{os.fspath(path)!r} is empty")
-            return self.from_fd(fd, size)
+            return self.from_fd(fd, size, inheritable=inheritable)
         finally:
             os.close(fd)
 
@@ -159,6 +300,7 @@ class SecretFactory:
         *,
         max_size: int = 1024,
         tty: int | str | os.PathLike[str] | None = None,
+        inheritable: bool = False,
     ) -> Secret:
         """Write ``prompt`` to the terminal and read a passphrase with echo off into a new secret.
 
@@ -175,7 +317,10 @@ class SecretFactory:
         """
         from ._prompt import read_passphrase
 
-        return read_passphrase(self._create, prompt, max_size=max_size, tty=tty)
+        def create(size: int, fill: Callable[[memoryview], None] | None) -> Secret:
+            return self._create(size, fill, inheritable=inheritable)
+
+        return read_passphrase(create, prompt, max_size=max_size, tty=tty)
 
 
 def _default_class() -> type[SecretFactory]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._region import SHARE_HEADER, Backing, Layout, secretmem_unavailable
 from ._region import UNSUPPORTED as _UNSUPPORTED
-from ._region import Backing, Layout, secretmem_unavailable
 
 __all__ = [
     "DEFAULT_ORDER",
@@ -19,6 +19,9 @@ __all__ = [
     "Implementation",
     "get",
 ]
+
+
+_LAYOUTS: dict[tuple[bool, int, bool], Layout] = {}
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,28 @@ class Implementation:
     backing: Backing
     hidden_from_kernel: bool  # out of the kernel's direct map: not in /proc/<pid>/mem, ptrace
 
-    def layout(self, size: int) -> Layout:
-        """The layout of a secret of ``size`` bytes."""
-        return Layout.guarded(size) if self.guarded else Layout.plain(size)
+    def layout(self, size: int, shareable: bool = False) -> Layout:
+        """The layout of a secret of ``size`` bytes (a shareable plain one has its live marker
+        in front of the data; a guarded one's canary is its marker)."""
+        key = (self.guarded, size, shareable)
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            if self.guarded:
+                layout = Layout.guarded(size)
+            else:
+                layout = Layout.plain(size, SHARE_HEADER if shareable else 0)
+            if len(_LAYOUTS) < 4096:  # the common sizes; frozen, so shared safely
+                _LAYOUTS[key] = layout
+        return layout
+
+    def placement(self, size: int, shareable: bool = False) -> tuple[Layout, Backing]:
+        """The layout and backing of a secret of ``size`` bytes. A shareable one (made with
+        ``inheritable=True``, or received from another process) is a file other processes can
+        map: ``memfd_secret`` for secretmem, a sealed ``memfd`` for the others."""
+        backing = self.backing
+        if shareable and backing is Backing.ANONYMOUS:
+            backing = Backing.MEMFD
+        return self.layout(size, shareable), backing
 
     def unavailable(self) -> str | None:
         """Why this host cannot make it, or ``None``."""

@@ -25,6 +25,11 @@ Commands (``ID`` is the number ``make`` answered):
   are sent again, to show the parent's copy is intact.
 - ``overflow ID`` / ``underflow ID``: write one byte past the end (SIGSEGV on guard page) or
   just before the data (the canary), then close.
+- ``seal ID``: seal the secret into an enclave (``Secret.seal``), then close the secret;
+  ``seal_control``: keep a plain copy of that enclave's plaintext (the control);
+  ``seal_many N``: N more 32-byte enclaves (``Enclave.random``), with VmLck and the mapping count
+  before and after; ``enclave_key``: the keyring's range and the key's halves (raw, straight from
+  the keyring).
 - ``core``: raise ``RLIMIT_CORE`` and abort, leaving a kernel core file in the cwd.
 - ``stats``, ``exit``.
 """
@@ -44,10 +49,13 @@ import warnings
 from typing import IO, Any
 
 from . import _process
+from ._enclave import Enclave, enclave_stats, reveal_key_halves
 from ._factory import factory_for
 from ._process import stats
 from ._secret import Secret
 from .errors import MemoryLockError, SecureMemoryError
+
+SIZE_32 = 32
 
 
 class _Child:
@@ -58,6 +66,7 @@ class _Child:
         self.kept: list[memoryview] = []
         self.kept_reads: list[bytes] = []
         self.ids = itertools.count()  # an id is never reused, even after a drop
+        self.enclaves: list[Enclave] = []
 
     def reply(self, **answer: Any) -> None:
         os.write(1, json.dumps(answer).encode() + b"\n")
@@ -251,6 +260,38 @@ class _Child:
         finally:
             for s in made:
                 s.close()
+
+    def do_seal(self, key: str) -> None:
+        s = self.secrets[int(key)]
+        self.enclaves.append(s.seal())
+        s.close()
+        self.reply(ok=True, enclaves=len(self.enclaves))
+
+    def do_seal_control(self) -> None:
+        with self.enclaves[-1].open() as view:
+            self.controls.append(bytearray(view))
+        self.reply(ok=True)
+
+    def do_seal_many(self, n: str) -> None:
+        from ._inspect import maps, status_field
+
+        before = (status_field("self", "VmLck"), len(maps()))
+        self.enclaves.extend(Enclave.random(SIZE_32) for _ in range(int(n)))
+        after = (status_field("self", "VmLck"), len(maps()))
+        st = enclave_stats()
+        self.reply(
+            vmlck=[before[0], after[0]],
+            mappings=[before[1], after[1]],
+            keyring_locked=st.locked_bytes,
+            secretmem=st.secretmem,
+            enclaves=len(self.enclaves),
+        )
+
+    def do_enclave_key(self) -> None:
+        os.write(1, b"RAW 64\n")
+        reveal_key_halves(1)
+        st = enclave_stats()
+        self.reply(start=st.keyring_address, length=st.locked_bytes, secretmem=st.secretmem)
 
     def do_core(self) -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,) * 2)

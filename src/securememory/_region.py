@@ -31,7 +31,9 @@ from ._backend import (
 )
 from ._backend import (
     PAGE_SIZE,
+    SCRUBS_VECTOR_REGISTERS,
     UNSUPPORTED,
+    EnclaveCore,
     MapBudget,
     MemlockBudget,
     Region,
@@ -39,22 +41,33 @@ from ._backend import (
     current_context,
     disable_core_dumps,
     drop_ipc_lock_capability,
+    enclave_purge,
+    enclave_random,
+    enclave_rekey,
+    enclave_reveal,
+    enclave_seal_view,
+    enclave_stats,
     map_budget,
     memlock_budget,
     secretmem_unavailable,
+    take_environ,
     wipe_all,
 )
 from .errors import UnsupportedPlatformError
 
 MAX_SIZE = 1 << 30
+SHARE_HEADER = 16  # a shareable plain region's live marker, in front of its data
 R = TypeVar("R", bound=Region)
 
 __all__ = [
     "BACKEND",
     "MAX_SIZE",
     "PAGE_SIZE",
+    "SCRUBS_VECTOR_REGISTERS",
+    "SHARE_HEADER",
     "UNSUPPORTED",
     "Backing",
+    "EnclaveCore",
     "Layout",
     "MapBudget",
     "MemlockBudget",
@@ -65,6 +78,12 @@ __all__ = [
     "current_context",
     "disable_core_dumps",
     "drop_ipc_lock_capability",
+    "enclave_purge",
+    "enclave_random",
+    "enclave_rekey",
+    "enclave_reveal",
+    "enclave_seal_view",
+    "enclave_stats",
     "fill_random",
     "make_no_access",
     "make_readable",
@@ -76,6 +95,7 @@ __all__ = [
     "poke",
     "scratch",
     "secretmem_unavailable",
+    "take_environ",
     "wipe_all",
     "wipe_buffer",
 ]
@@ -105,10 +125,11 @@ class Layout:
     canary_len: int  # the canary in front of the data (guarded), else 0
 
     @classmethod
-    def plain(cls, size: int) -> Layout:
-        """The data at the start of whole pages, then one unlocked no-access separator page."""
-        inner = _round_up(size)
-        return cls(size, inner + PAGE_SIZE, 0, inner, 0, 0)
+    def plain(cls, size: int, header: int = 0) -> Layout:
+        """The data at the start of whole pages (after ``header`` bytes: a shareable region's
+        live marker, see :data:`SHARE_HEADER`), then one unlocked no-access separator page."""
+        inner = _round_up(size + header)
+        return cls(size, inner + PAGE_SIZE, 0, inner, header, 0)
 
     @classmethod
     def guarded(cls, size: int) -> Layout:

@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Callable, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 
 from . import _process, _region
 from ._implementations import Implementation
@@ -26,9 +26,13 @@ from ._region import (
     current_context,
     fill_random,
     scratch,
+    take_environ,
     wipe_buffer,
 )
 from .errors import SecureMemoryError
+
+if TYPE_CHECKING:
+    from ._enclave import Enclave
 
 T = TypeVar("T")
 Write = Callable[[memoryview], None]
@@ -41,11 +45,13 @@ __all__ = [
     "Layout",
     "Secret",
     "SecretReader",
+    "adopt",
     "check_size",
     "copy_bytes",
     "create",
     "fill_random",
     "scratch",
+    "take_environ",
     "wipe_buffer",
 ]
 
@@ -91,6 +97,12 @@ class Secret(_region.Region):
     makes an ordinary, unwiped copy), and anything against root or a debugger attached to the
     process.
 
+    Shared secrets (made with ``inheritable=True``, inherited over ``fork``, received with
+    :func:`securememory.receive` or through ``multiprocessing``): every process maps the same
+    pages and locks its own view. :meth:`close` wipes them only in the process that created the
+    secret; elsewhere it unmaps this process's view, and an access begun after the creator's
+    wipe raises :class:`SecretClosedError`. See :mod:`securememory._share`.
+
     Inherited from the compiled core: ``access()`` (``with s.access() as view:``),
     ``with_bytes(action)``, ``closed``, ``len()``.
     """
@@ -109,6 +121,13 @@ class Secret(_region.Region):
         len(self)  # SecretClosedError now rather than at the first read
         return SecretReader(self)
 
+    def seal(self) -> Enclave:
+        """This secret's contents sealed into a new :class:`~securememory.Enclave` (one access;
+        the secret stays open)."""
+        from ._enclave import _seal_secret
+
+        return _seal_secret(self)
+
     # -- closing ------------------------------------------------------------------------------
 
     def _refuse_own(self, contexts: list[object]) -> NoReturn:
@@ -125,7 +144,9 @@ class Secret(_region.Region):
         )
 
     def close(self) -> None:
-        """Refuse new accesses, wait for running ones to end, then wipe and free the memory.
+        """Refuse new accesses, wait for running ones to end, then wipe and free the memory
+        (a shared secret's pages are wiped only by the process that created it; any other
+        process only unmaps its view, and the creator does not wait for other processes).
 
         Idempotent. Raises :class:`SecureMemoryError`, and leaves the secret open, when waiting
         could never end: called inside an access of this secret, while another asyncio task (or
@@ -135,7 +156,7 @@ class Secret(_region.Region):
         changed. An exception raised by a signal handler while it waits ends the wait; the secret
         then stays closing and is wiped by the last access to end.
         """
-        if self.closed:
+        if self.closed or self._close_if_idle():  # no access running: wiped and freed now
             return
         me = threading.get_ident()
         with _process.waits() as graph:
@@ -220,10 +241,11 @@ def create(
 ) -> Secret:
     """A new secret of ``size`` bytes: ``write(view)`` fills it through a writable view of its
     pages (``None``: from the kernel's CSPRNG). On any failure the region is wiped and freed."""
+    layout, backing = spec.placement(size, shareable=inheritable)
     secret = _region.new_region(
         Secret,
-        spec.layout(size),
-        spec.backing,
+        layout,
+        backing,
         spec=spec,
         site=_creation_site(),
         inheritable=inheritable,
@@ -239,6 +261,26 @@ def create(
     else:
         _region.fill(secret, write)
     return secret
+
+
+def adopt(spec: Implementation, size: int, fd: int, *, inheritable: bool = False) -> Secret:
+    """A :class:`Secret` over the pages of a shareable secret another process created, from its
+    descriptor ``fd``, which the new secret owns from now on (closed on failure too).
+
+    The descriptor is checked (a ``memfd_secret`` file, or a sealed ``memfd``, of the size
+    ``spec`` and ``size`` imply) and made close-on-exec; the creator's live marker must be in the
+    pages (``SecretClosedError`` if its creator has wiped them). This process locks its own view
+    and only unmaps it on close; the creator's close wipes for every process."""
+    layout, backing = spec.placement(check_size(size), shareable=True)
+    return _region.new_region(
+        Secret,
+        layout,
+        backing,
+        spec=spec,
+        site=_creation_site(),
+        inheritable=inheritable,
+        fd=fd,
+    )
 
 
 class SecretReader(io.RawIOBase):

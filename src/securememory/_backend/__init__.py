@@ -18,6 +18,7 @@ import resource
 import sys
 from typing import NamedTuple
 
+from .._ingress import source_view
 from ..errors import MemoryLockError, SecureMemoryError, UnsupportedPlatformError
 
 NAME = "native"
@@ -207,6 +208,65 @@ def secretmem_unavailable() -> str | None:
     return f"memfd_secret failed: {os.strerror(err)} (errno {err})"
 
 
+# -- sealed enclaves (issue 11) -------------------------------------------------------------------
+
+_native.enclave_core()  # readies the type and adds it to the module
+from ._native import SCRUBS_VECTOR_REGISTERS, EnclaveCore  # noqa: E402
+
+enclave_seal_view = _native.enclave_seal_view
+enclave_random = _native.enclave_random
+enclave_rekey = _native.enclave_rekey
+enclave_purge = _native.enclave_purge
+enclave_stats = _native.enclave_stats
+enclave_reveal = _native.enclave_reveal  # the live proofs only
+
+_ENCLAVE_CRYPTO = (
+    "crypto_aead_xchacha20poly1305_ietf_encrypt",
+    "crypto_aead_xchacha20poly1305_ietf_decrypt",
+    "crypto_generichash_blake2b_salt_personal",
+)
+
+
+def enclave_setup() -> None:
+    """Hand the compiled core libsodium's XChaCha20-Poly1305 and BLAKE2b (PyNaCl's bundled copy,
+    by address: no cryptography is written here) and the keyring's backing: ``memfd_secret``
+    where the kernel has it, else locked private pages (also where
+    ``SECUREMEMORY_ENCLAVE_KEYRING=anonymous``: readable through ``/proc/<pid>/mem``, which the
+    tests use as the control of their key scans). Idempotent. ``ImportError`` without
+    PyNaCl."""
+    try:
+        import nacl.bindings
+        from nacl._sodium import ffi, lib
+    except ImportError as e:
+        raise ImportError(
+            "securememory.Enclave needs libsodium through PyNaCl: pip install "
+            f"'securememory[enclave]' (or pip install pynacl) ({e})"
+        ) from e
+    nacl.bindings.sodium_init()
+    encrypt, decrypt, blake2b = (
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, name))) for name in _ENCLAVE_CRYPTO
+    )
+    backing = SECRETMEM if secretmem_unavailable() is None else ANONYMOUS
+    wanted = os.environ.get("SECUREMEMORY_ENCLAVE_KEYRING", "")
+    if wanted == "anonymous":  # locked private pages even where memfd_secret exists
+        backing = ANONYMOUS
+    elif wanted not in ("", "secretmem"):
+        raise ValueError(
+            f"SECUREMEMORY_ENCLAVE_KEYRING={wanted!r}: expected 'secretmem' (the default where "
+            "the kernel has it) or 'anonymous'"
+        )
+    _native.enclave_setup(encrypt, decrypt, blake2b, backing)
+
+
+def _refuse_seal(data: object) -> None:
+    """Why ``data`` cannot be sealed (``TypeError``/``ValueError``; a non-contiguous writable
+    source is wiped first, as ``SecretFactory.new`` does)."""
+    source_view(data).release()
+
+
+_native.enclave_hooks(enclave_setup, _refuse_seal)
+
+
 def disable_core_dumps() -> None:
     """Set the ``RLIMIT_CORE`` soft limit to 0; the hard limit is left as it is."""
     _, hard = resource.getrlimit(resource.RLIMIT_CORE)
@@ -220,6 +280,51 @@ def drop_ipc_lock_capability() -> None:
     _native.drop_capability(CAP_IPC_LOCK)
 
 
+# -- ingress: from_env (issue 13) --------------------------------------------------------------
+
+
+def _writable_ranges() -> list[tuple[int, int]]:
+    """The writable mappings of this process (``/proc/self/maps``); empty where unknown."""
+    out: list[tuple[int, int]] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(None, 2)
+                if len(parts) > 1 and parts[1].startswith("rw"):
+                    lo, hi = parts[0].split("-")
+                    out.append((int(lo, 16), int(hi, 16)))
+    except OSError:  # not Linux, or /proc not mounted
+        return []
+    return out
+
+
+def environ_block(writable: list[tuple[int, int]]) -> tuple[int, int]:
+    """Where the kernel wrote this process's initial environment strings at ``exec`` (fields
+    ``env_start`` and ``env_end`` of ``/proc/self/stat``, what ``/proc/<pid>/environ`` reads), or
+    ``(0, 0)`` where unknown or not inside one writable mapping."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        lo, hi = int(fields[47]), int(fields[48])  # fields 50 and 51; the list starts at field 3
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    if lo and any(a <= lo and hi <= b for a, b in writable):
+        return lo, hi
+    return 0, 0
+
+
+def take_environ(name: bytes, data: dict[bytes, bytes], key: bytes) -> tuple[int, int]:
+    """Remove ``name`` from the C environment and ``key`` from ``data`` (``os.environ``'s bytes
+    mapping), overwriting every copy of the value that can be reached first: the C string
+    ``getenv`` returns (if it is in writable memory), each ``name=`` string of the initial
+    environment block, and the Python ``bytes`` object when nobody else holds it. Returns (C
+    strings wiped, 1 if the ``bytes`` object was wiped else 0)."""
+    writable = _writable_ranges()
+    lo, hi = environ_block(writable)
+    return _native.take_environ(name, data, key, lo, hi, writable)
+
+
 __all__ = [
     "ANONYMOUS",
     "CANARY_MIN",
@@ -227,8 +332,10 @@ __all__ = [
     "MEMFD",
     "NAME",
     "PAGE_SIZE",
+    "SCRUBS_VECTOR_REGISTERS",
     "SECRETMEM",
     "UNSUPPORTED",
+    "EnclaveCore",
     "MapBudget",
     "MemlockBudget",
     "Region",
@@ -237,6 +344,14 @@ __all__ = [
     "current_context",
     "disable_core_dumps",
     "drop_ipc_lock_capability",
+    "enclave_purge",
+    "enclave_random",
+    "enclave_rekey",
+    "enclave_reveal",
+    "enclave_seal_view",
+    "enclave_setup",
+    "enclave_stats",
+    "environ_block",
     "explain",
     "fill_random",
     "map_budget",
@@ -244,6 +359,7 @@ __all__ = [
     "memlock_error",
     "read_byte",
     "secretmem_unavailable",
+    "take_environ",
     "wipe",
     "wipe_all",
     "write_byte",

@@ -111,7 +111,7 @@ static pthread_cond_t wait_cond = PTHREAD_COND_INITIALIZER;
 
 static PyObject *SecureMemoryError, *SecretClosedError, *CanaryError;
 static PyObject *explain_hook; /* Python callable (op, errno, length) -> exception instance */
-static PyObject *release_name; /* "release" */
+static PyObject *release_method; /* memoryview.release, unbound */
 
 static PyTypeObject RegionType, AccessType;
 
@@ -338,6 +338,16 @@ static void canary_init(RegionObject *r, const unsigned char random16[CANARY_HAL
     }
 }
 
+/* At the end of each access: its two random ends only (R, and C right before the data, where
+ * an underflow lands first): 32 bytes, not the whole page, so an access of one of 10,000 cold
+ * secrets does not pull its 4 KiB into the cache. The whole canary is checked when freed. */
+static int canary_ends_intact(const RegionObject *r) {
+    const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
+    unsigned char diff = 0;
+    for (int i = 0; i < CANARY_HALF; i++) diff |= (unsigned char)(R[i] ^ (unsigned char)~C[i]);
+    return diff == 0;
+}
+
 static int canary_intact(const RegionObject *r) {
     const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
     unsigned char diff = 0;
@@ -354,13 +364,110 @@ static int canary_intact(const RegionObject *r) {
     return diff == 0 && (a | b | c | d) == 0 && tail == 0;
 }
 
-/* A shared region its creator has wiped reads as zeros, canary included. */
-static int canary_wiped(const RegionObject *r) {
-    const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
-    unsigned char any = 0;
-    for (int i = 0; i < CANARY_HALF; i++) any |= (unsigned char)(R[i] | C[i]);
-    return any == 0;
+/* == sharing across processes (issue 12) ====================================================
+ * A shareable region's inner pages are a file (memfd_secret, or a sealed memfd) that other
+ * processes map too: a forked child of an inheritable region, or a process that received its
+ * descriptor. The first 16 bytes of the inner pages are the region's *live marker*: the canary's
+ * random half R (guarded layouts; R == ~C while live) or SHARE_MAGIC (plain layouts, whose data
+ * then starts 16 bytes in). The creator's wipe zeroes the marker first, then everything, so a
+ * process that maps the pages but did not create them checks the marker at the start of each
+ * access and fails cleanly (SecretClosedError) instead of reading zeros. Not guaranteed: an
+ * access already running in another process while the creator wipes reads the bytes being wiped
+ * (a close() waits only for this process's accesses). */
+#define SHARE_MARK 16
+#ifndef SECRETMEM_MAGIC
+#define SECRETMEM_MAGIC 0x5345434d
+#endif
+#ifndef F_GET_SEALS
+#define F_GET_SEALS 1034
+#endif
+#ifndef F_SEAL_WRITE
+#define F_SEAL_WRITE 0x0008
+#endif
+static const unsigned char SHARE_MAGIC[SHARE_MARK] = "securememory\x01shr";
+
+/* 1 if the live marker of a shareable region is there (its creator has not wiped it). */
+static int share_marker_live(const RegionObject *r) {
+    if (r->canary_len) {
+        const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
+        unsigned char any = 0, diff = 0;
+        for (int i = 0; i < CANARY_HALF; i++) {
+            any |= R[i];
+            diff |= (unsigned char)(R[i] ^ (unsigned char)~C[i]);
+        }
+        return any != 0 && diff == 0;
+    }
+    return memcmp(r->inner, SHARE_MAGIC, SHARE_MARK) == 0;
 }
+
+/* The creator of a shareable region: the marker is zeroed before the rest of the wipe. */
+static void share_marker_clear(RegionObject *r) {
+    secure_zero(r->inner, SHARE_MARK);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+}
+
+/* Check that a descriptor received from another process is the backing a region of this
+ * layout expects: a memfd_secret file, or a memfd sealed against shrinking, growing and further
+ * sealing (not against writes), of exactly inner_len bytes. 0, or -1 with ValueError set. */
+#ifdef __linux__
+#include <sys/vfs.h>
+#endif
+static int share_check_fd(int fd, int backing, size_t inner_len) {
+#ifdef __linux__
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        raise_os("fstat", errno, 0);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        PyErr_Format(PyExc_ValueError,
+                     "the descriptor is not a securememory secret: it is not a memory file "
+                     "(st_mode %o)", (unsigned)st.st_mode);
+        return -1;
+    }
+    if (backing == BACKING_SECRETMEM) {
+        struct statfs fs;
+        if (fstatfs(fd, &fs) != 0) {
+            raise_os("fstatfs", errno, 0);
+            return -1;
+        }
+        if ((unsigned long)fs.f_type != (unsigned long)SECRETMEM_MAGIC) {
+            PyErr_Format(PyExc_ValueError,
+                         "the descriptor is not a securememory secret: a secretmem secret's "
+                         "descriptor is a memfd_secret file, this one is on a filesystem of type "
+                         "%#lx", (unsigned long)fs.f_type);
+            return -1;
+        }
+    } else {
+        int seals = fcntl(fd, F_GET_SEALS);
+        int want = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+        if (seals < 0 || (seals & (want | F_SEAL_WRITE)) != want) {
+            PyErr_SetString(PyExc_ValueError,
+                            "the descriptor is not a securememory secret: it is not a memfd "
+                            "sealed against shrinking, growing and resealing");
+            return -1;
+        }
+    }
+    if ((size_t)st.st_size != inner_len) {
+        PyErr_Format(PyExc_ValueError,
+                     "the descriptor's file has %lld bytes; a secret of this size and "
+                     "implementation has %zu", (long long)st.st_size, inner_len);
+        return -1;
+    }
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) { /* never inherited by an exec'd program */
+        raise_os("fcntl(F_SETFD)", errno, 0);
+        return -1;
+    }
+    return 0;
+#else
+    (void)fd;
+    (void)backing;
+    (void)inner_len;
+    PyErr_SetString(SecureMemoryError, "sharing secrets needs Linux (memfd)");
+    return -1;
+#endif
+}
+/* == end of sharing across processes ======================================================== */
 
 static void raise_canary(void) {
     PyErr_SetString(CanaryError,
@@ -498,6 +605,10 @@ static int free_region(RegionObject *r) {
         /* inherited over fork: the range is not ours (MADV_DONTFORK left a hole) */
         r->state = ST_INERT;
         unlink_region(r);
+        if (r->fd >= 0 && r->pid != current_pid) { /* this process's copy, never mapped here */
+            close(r->fd);
+            r->fd = -1;
+        }
         return 1;
     }
     if (!was_live) return 1;
@@ -505,6 +616,7 @@ static int free_region(RegionObject *r) {
     if (r->flags & F_OWNER) {
         if (protect(r, PROT_READ | PROT_WRITE) == 0) {
             if (r->canary_len && !canary_intact(r)) intact = 0;
+            if (r->backing != BACKING_ANONYMOUS) share_marker_clear(r);
             wipe_region_bytes(r->inner, r->inner_len);
         } else {
             err = errno;
@@ -605,7 +717,7 @@ static PyObject *enter(RegionObject *r, Holder *h, int want_view) {
             free_keeping_error(r); /* fail closed */
             return NULL;
         }
-        if (!(r->flags & F_OWNER) && r->canary_len && canary_wiped(r)) {
+        if (!(r->flags & F_OWNER) && !share_marker_live(r)) {
             protect(r, PROT_NONE);
             PyErr_SetString(SecretClosedError,
                             "the secret was closed (and wiped) by the process that created it");
@@ -636,7 +748,7 @@ static PyObject *enter(RegionObject *r, Holder *h, int want_view) {
 static void release_view(PyObject *view) {
     /* memoryview.release(): raises BufferError if something still holds a buffer from this very
      * view (then it lives on, counted in r->exports, and free_region quarantines the range). */
-    PyObject *res = PyObject_CallMethodNoArgs(view, release_name);
+    PyObject *res = PyObject_CallOneArg(release_method, view);
     if (res == NULL) PyErr_Clear();
     else Py_DECREF(res);
 }
@@ -663,7 +775,7 @@ static int leave(RegionObject *r, Holder *h, PyObject *view) {
     r->count--;
     if (r->count == 0 && r->pid == current_pid) {
         if (r->state == ST_OPEN || r->state == ST_CLOSING) {
-            if (r->canary_len && (r->flags & F_OWNER) && !canary_intact(r)) {
+            if (r->canary_len && (r->flags & F_OWNER) && !canary_ends_intact(r)) {
                 if (free_region(r) < 0) PyErr_Clear(); /* the canary is what to report */
                 r->flags |= F_CANARY_FAILED;
                 raise_canary();
@@ -734,12 +846,22 @@ static PyObject *Region_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
         inner_offset + inner_len > mapped || data_offset + size > inner_len ||
         (canary_len && (canary_len < 2 * CANARY_HALF || canary_len != data_offset)) ||
         backing < BACKING_ANONYMOUS || backing > BACKING_MEMFD ||
-        (fd >= 0 && backing == BACKING_ANONYMOUS)) {
+        (fd >= 0 && backing == BACKING_ANONYMOUS) ||
+        (backing != BACKING_ANONYMOUS && !canary_len && data_offset < SHARE_MARK)) {
         PyErr_SetString(PyExc_ValueError, "inconsistent region layout");
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
+    /* A received descriptor is this region's from now on: closed on every failure too. */
+    if (fd >= 0 && share_check_fd(fd, backing, (size_t)inner_len) != 0) {
+        close(fd);
         return NULL;
     }
     RegionObject *r = (RegionObject *)type->tp_alloc(type, 0);
-    if (r == NULL) return NULL;
+    if (r == NULL) {
+        if (fd >= 0) close(fd);
+        return NULL;
+    }
     r->mapped = (size_t)mapped;
     r->inner_offset = (size_t)inner_offset;
     r->inner_len = (size_t)inner_len;
@@ -757,9 +879,30 @@ static PyObject *Region_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     r->site_file = site_file;
     r->site_line = site_line;
     if (map_region(r, fd) != 0) {
+        if (fd >= 0) close(fd);
         Py_DECREF(r);
         return NULL;
     }
+    if (fd >= 0) { /* received: its creator's marker must be there (not wiped, not foreign) */
+        int readable = protect(r, PROT_READ) == 0;
+        int e = errno;
+        int live = readable && share_marker_live(r);
+        protect(r, PROT_NONE);
+        if (!live) {
+            sys_munmap(r->base, r->mapped);
+            close(r->fd);
+            r->fd = -1;
+            if (!readable) raise_os("mprotect", e, r->inner_len);
+            else
+                PyErr_SetString(SecretClosedError,
+                                "the received secret was already closed (wiped) by the process "
+                                "that created it, or the descriptor holds no securememory secret");
+            Py_DECREF(r);
+            return NULL;
+        }
+    }
+    if (r->flags & F_OWNER && !r->canary_len && r->backing != BACKING_ANONYMOUS)
+        memcpy(r->inner, SHARE_MAGIC, SHARE_MARK); /* still writable: being filled */
     if (r->flags & F_OWNER && r->canary_len) {
         unsigned char rnd[CANARY_HALF];
         int e = fill_random_bytes(rnd, sizeof rnd);
@@ -791,7 +934,9 @@ static void Region_finalize(PyObject *self) {
     if (r->pid != current_pid) {
         free_region(r); /* inert */
     } else {
-        if (r->state != ST_FILLING && !exiting && r->site_file != Py_None) {
+        /* a view received from another process is only unmapped: nothing to warn about */
+        if (r->state != ST_FILLING && !exiting && r->site_file != Py_None &&
+            (r->flags & F_OWNER)) {
             if (PyErr_ResourceWarning(self, 1,
                                       "a secret of %zu bytes created at %S:%d was never closed; "
                                       "the garbage collector wiped it",
@@ -897,6 +1042,13 @@ static PyObject *Region_begin_close(RegionObject *r, PyObject *noargs) {
         return NULL;
     }
     Py_RETURN_TRUE;
+}
+
+static PyObject *Region_close_if_idle(RegionObject *r, PyObject *noargs) {
+    /* close()'s common case in one step: with no access running in this process, free it now
+     * (as _begin_close would) and return True; else change nothing and return False. */
+    if (r->pid == current_pid && is_live(r) && r->count > 0) Py_RETURN_FALSE;
+    return Region_begin_close(r, noargs);
 }
 
 static PyObject *Region_cancel_close(RegionObject *r, PyObject *noargs) {
@@ -1108,6 +1260,29 @@ static Py_ssize_t Region_length(PyObject *self) {
     return (Py_ssize_t)r->size;
 }
 
+/* == sharing across processes (issue 12): a region's descriptor for sending ================ */
+static PyObject *Region_dup_fd(RegionObject *r, PyObject *noargs) {
+    /* A new close-on-exec duplicate of a shareable region's descriptor (the caller closes it),
+     * taken under the GIL with the state check, so a close() in another thread cannot swap the
+     * descriptor number for another file between the check and the send. */
+    (void)noargs;
+    if (check_usable(r) < 0) return NULL;
+    if (r->fd < 0) {
+        PyErr_SetString(SecureMemoryError,
+                        "this secret's pages are private to this process (it was not created "
+                        "with inheritable=True), so it cannot be passed to another process. "
+                        "Create it with inheritable=True");
+        return NULL;
+    }
+    int fd = fcntl(r->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        raise_os("fcntl(F_DUPFD_CLOEXEC)", errno, 0);
+        return NULL;
+    }
+    return PyLong_FromLong(fd);
+}
+/* == end of sharing across processes ======================================================== */
+
 static PyMethodDef Region_methods[] = {
     {"access", (PyCFunction)Region_access, METH_NOARGS,
      "A context manager: `with region.access() as view:` (one counted access)."},
@@ -1120,10 +1295,12 @@ static PyMethodDef Region_methods[] = {
     {"_fill_random", (PyCFunction)Region_fill_random, METH_NOARGS, NULL},
     {"_free", (PyCFunction)Region_free, METH_NOARGS, NULL},
     {"_begin_close", (PyCFunction)Region_begin_close, METH_NOARGS, NULL},
+    {"_close_if_idle", (PyCFunction)Region_close_if_idle, METH_NOARGS, NULL},
     {"_cancel_close", (PyCFunction)Region_cancel_close, METH_NOARGS, NULL},
     {"_wait_closed", (PyCFunction)Region_wait_closed, METH_NOARGS, NULL},
     {"_holders", (PyCFunction)Region_holders, METH_NOARGS, NULL},
     {"_raw_protect", (PyCFunction)Region_raw_protect, METH_O, NULL},
+    {"_dup_fd", (PyCFunction)Region_dup_fd, METH_NOARGS, NULL}, /* sharing (issue 12) */
     {NULL, NULL, 0, NULL},
 };
 
@@ -1300,6 +1477,7 @@ static PyObject *mod_wipe_all(PyObject *m, PyObject *noargs) {
             r->state = ST_CLOSED;
             r->flags |= F_EXITED;
             if ((r->flags & F_OWNER) && protect(r, PROT_READ | PROT_WRITE) == 0) {
+                if (r->backing != BACKING_ANONYMOUS) share_marker_clear(r);
                 wipe_region_bytes(r->inner, r->inner_len);
                 protect(r, r->count ? PROT_READ : PROT_NONE);
             }
@@ -1483,6 +1661,100 @@ static PyObject *mod_trace(PyObject *m, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* ==== ingress: from_env (issue 13) ===========================================================
+ * take_environ(name, data, key, block_start, block_end, writable): remove the variable NAME from the C
+ * environment and from Python's copy of it (the dict ``data``, os.environ's bytes mapping), wiping
+ * each copy that can be reached before it is let go:
+ *  - the string getenv() returns is overwritten in place (its value part), before unsetenv(), if
+ *    it lies in one of the ``writable`` ranges, [(start, end), ...] from /proc/self/maps (a C
+ *    extension may have putenv() a string literal in read-only memory);
+ *  - every "NAME=..." string in [block_start, block_end), the initial environment block the kernel
+ *    wrote on the stack at exec (what /proc/<pid>/environ shows), is overwritten too, also one
+ *    that environ no longer points at (the variable was set again since);
+ *  - the bytes object popped from ``data`` is zeroed before it is freed, when its reference count
+ *    shows that nobody else holds it.
+ * Returns (C strings wiped, 1 if the Python bytes object was wiped else 0). Another C thread
+ * calling getenv() at the same moment may see the value emptied; keep from_env at start-up. */
+
+static size_t wipe_env_strings(char *lo, char *hi, const char *name, size_t nlen) {
+    size_t count = 0;
+    char *p = lo;
+    while (p < hi) {
+        char *end = memchr(p, '\0', (size_t)(hi - p));
+        if (end == NULL) end = hi;
+        if ((size_t)(end - p) > nlen && memcmp(p, name, nlen) == 0 && p[nlen] == '=') {
+            secure_zero(p + nlen + 1, (size_t)(end - p) - nlen - 1);
+            count++;
+        }
+        p = end + 1;
+    }
+    return count;
+}
+
+static int in_writable(PyObject *ranges, uintptr_t lo, uintptr_t hi) {
+    /* 1 if [lo, hi) lies inside one (start, end) pair of the list, 0 if not, -1 on error */
+    Py_ssize_t n = PyList_GET_SIZE(ranges);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long a, b;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(ranges, i), "KK", &a, &b)) return -1;
+        if (a <= lo && hi <= b) return 1;
+    }
+    return 0;
+}
+
+static PyObject *mod_take_environ(PyObject *m, PyObject *args) {
+    (void)m;
+    PyObject *name, *data, *key, *writable;
+    unsigned long long lo, hi;
+    if (!PyArg_ParseTuple(args, "SO!OKKO!", &name, &PyDict_Type, &data, &key, &lo, &hi,
+                          &PyList_Type, &writable))
+        return NULL;
+    const char *cname = PyBytes_AS_STRING(name);
+    size_t nlen = (size_t)PyBytes_GET_SIZE(name);
+    if (nlen == 0 || strlen(cname) != nlen || memchr(cname, '=', nlen) != NULL) {
+        PyErr_SetString(PyExc_ValueError, "an environment variable name is not empty and has no "
+                                          "'=' or NUL byte");
+        return NULL;
+    }
+    if (hi < lo) lo = hi = 0;
+    Py_ssize_t wiped = 0;
+    char *v = getenv(cname);
+    if (v != NULL && !(lo && (uintptr_t)v >= lo && (uintptr_t)v < hi)) {
+        size_t len = strlen(v);
+        int ok = in_writable(writable, (uintptr_t)v, (uintptr_t)v + len + 1);
+        if (ok < 0) return NULL;
+        if (ok) { /* a string setenv() made, on the C heap */
+            secure_zero(v, len);
+            wiped++;
+        }
+    }
+    if (lo) wiped += (Py_ssize_t)wipe_env_strings((char *)(uintptr_t)lo, (char *)(uintptr_t)hi,
+                                                   cname, nlen);
+    if (unsetenv(cname) != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    int py_wiped = 0;
+    PyObject *value = PyDict_GetItemWithError(data, key); /* borrowed */
+    if (value == NULL && PyErr_Occurred()) return NULL;
+    if (value != NULL) {
+        Py_INCREF(value);
+        if (PyDict_DelItem(data, key) < 0) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        if (PyBytes_CheckExact(value) && Py_REFCNT(value) == 1) { /* ours alone: wipe, free */
+            secure_zero(PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+            py_wiped = 1;
+        }
+        Py_DECREF(value);
+    }
+    scrub_registers();
+    return Py_BuildValue("(ni)", wiped, py_wiped);
+}
+
+/* ==== end of ingress: from_env ================================================================ */
+
+/* -- sealed enclaves (issue 11): their own file ------------------------------------------------ */
+#include "enclave.c"
+
 static PyMethodDef module_methods[] = {
     {"inject", mod_inject, METH_VARARGS, NULL},
     {"trace", mod_trace, METH_O, NULL},
@@ -1498,6 +1770,8 @@ static PyMethodDef module_methods[] = {
     {"read_byte", mod_read_byte, METH_O, NULL},
     {"write_byte", mod_write_byte, METH_VARARGS, NULL},
     {"drop_capability", mod_drop_capability, METH_O, NULL},
+    {"take_environ", mod_take_environ, METH_VARARGS, NULL}, /* ingress: from_env */
+    ENCLAVE_METHODS /* sealed enclaves (issue 11) */
     {NULL, NULL, 0, NULL},
 };
 
@@ -1518,8 +1792,8 @@ PyMODINIT_FUNC PyInit__native(void) {
     CanaryError = PyObject_GetAttrString(errors, "CanaryError");
     Py_DECREF(errors);
     if (!SecureMemoryError || !SecretClosedError || !CanaryError) return NULL;
-    release_name = PyUnicode_InternFromString("release");
-    if (release_name == NULL) return NULL;
+    release_method = PyObject_GetAttrString((PyObject *)&PyMemoryView_Type, "release");
+    if (release_method == NULL) return NULL;
     if (PyType_Ready(&RegionType) < 0 || PyType_Ready(&AccessType) < 0) return NULL;
     if (pthread_atfork(atfork_prepare, atfork_parent, atfork_child) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");

@@ -1,7 +1,8 @@
 """Cryptography with keys that stay in secure memory (optional extra: ``securememory[crypto]``).
 
 Built on `cryptography <https://cryptography.io>`_ (47 or later: it needs ``encrypt_into``,
-``decrypt_into`` and ``derive_into``), using only :meth:`Secret.access` and the factories::
+``decrypt_into`` and ``derive_into``), the reference Argon2 (``argon2-cffi-bindings``) and
+libsodium (``pynacl``), using only :meth:`Secret.access` and the factories::
 
     from securememory import SecretFactory
     from securememory.crypto import AEAD, argon2id
@@ -41,13 +42,21 @@ Where the key goes inside ``cryptography`` and OpenSSL, and what this module doe
   uses the same registers and overwrites them with harmless values.
 - ``HMAC`` keys go into an OpenSSL HMAC context (the inner and outer pad states), freed with a
   cleanse; ``HKDF`` is computed with it.
-- ``Argon2id``: rust-openssl hands the passphrase to OpenSSL in an ``OSSL_PARAM`` block
-  (``OSSL_PARAM_BLD_to_param``) that holds a copy of it and is freed with ``OPENSSL_free``, not
-  cleansed: the passphrase stayed in freed ``malloc`` memory. After every derivation this module
-  runs a second, cheapest one with a zero passphrase of the same length and the same parameter
-  layout: ``malloc`` hands it the block just freed (glibc's per-thread cache is last in, first
-  out) and the copy is overwritten. OpenSSL's own copy of the passphrase and Argon2's memory
-  blocks are freed with a cleanse.
+- ``argon2id`` does not go through ``cryptography``: rust-openssl hands the passphrase to OpenSSL
+  in an ``OSSL_PARAM`` block that holds a copy of it and is freed with ``OPENSSL_free``, not
+  cleansed, and no scrub can reliably reach freed ``malloc`` memory (issue 9: up to half of a
+  1 KiB passphrase was found in freed heap). It calls the reference Argon2 in C
+  (``argon2-cffi-bindings``) by pointer: the passphrase is read in its secret's pages, the key is
+  written into the new secret's, the memory blocks are wiped before they are freed, and the hash
+  state left on the stack is overwritten by a second, cheapest derivation with a zero passphrase.
+- ``Ed25519PrivateKey`` and ``X25519PrivateKey`` call libsodium (bundled by PyNaCl) by pointer:
+  the key (libsodium's 64-byte Ed25519 secret key, the X25519 scalar) lives in a secret's pages
+  and is read there during one access; key pairs and shared secrets are written straight into
+  secure pages. libsodium wipes its hashes of the key and the nonce with ``sodium_memzero``;
+  no limb or digit of the scalar or nonce was found on the stack after a call, and as defence
+  in depth the same call is run at once under an all-zero key, which reuses the same slots.
+  These C calls (and Argon2's) run inside an access, and the compiled core zeroes the vector
+  registers when an access (or the filling of a new secret) ends.
 
 The scrubs are best effort, not something this module can observe; the tests check them from
 outside (``tests/test_heap_proof.py``): after 10,000 mixed operations, a passphrase prompt, an
@@ -55,7 +64,9 @@ Argon2id derivation and a key unwrap, a scan of the whole process memory, a ``gc
 kernel core (registers included) find each key, derived key, unwrapped key and passphrase (whole,
 in 16-byte halves, and the key's AES round keys) only inside its own secret's pages, and nowhere
 once the secrets are closed; the same workload with ``bytes`` keys leaves them on the heap, in the
-registers and on the stack.
+registers and on the stack. ``tests/test_argon2_heap.py`` and ``tests/test_asymmetric_scan.py``
+do the same for Argon2id passphrases of 512-1024 bytes (main thread and worker thread) and for
+10,000 Ed25519 signatures and X25519 exchanges.
 
 Not guaranteed: the copies above exist while a call runs (an attacker who can read the process's
 memory at that instant sees them); the scrubs depend on the code paths and allocator behaviour of
@@ -88,12 +99,16 @@ if not (hasattr(AESGCM, "decrypt_into") and hasattr(HKDF, "derive_into")):  # pr
     )
 
 from ._aead import AEAD
+from ._ed25519 import Ed25519PrivateKey
 from ._kdf import argon2id, hkdf
 from ._mac import constant_time_equal, hmac
+from ._x25519 import X25519PrivateKey
 
 __all__ = [
     "AEAD",
+    "Ed25519PrivateKey",
     "InvalidTag",
+    "X25519PrivateKey",
     "argon2id",
     "constant_time_equal",
     "hkdf",

@@ -10,9 +10,10 @@ from typing import Callable, Union
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
+from .._enclave import OPEN_SCRUBS_REGISTERS, Enclave
 from .._factory import SecretFactory
 from .._secret import Secret
-from ._common import Buffer, T, default_factory, nbytes, require_secret
+from ._common import Buffer, T, default_factory, key_access, nbytes, require_key
 
 _Cipher = Union[AESGCM, ChaCha20Poly1305]
 
@@ -61,12 +62,15 @@ class AEAD:
     """Authenticated encryption with a key that is a :class:`Secret`.
 
     ``algorithm`` is ``"aes-256-gcm"`` or ``"chacha20-poly1305"``; both take a 32-byte key and a
-    12-byte nonce and add a 16-byte tag. The key stays in its secret: every call opens one access,
+    12-byte nonce and add a 16-byte tag. The key may also be an :class:`~securememory.Enclave`
+    (each call opens it: the plaintext key sits in a locked scratch slot for that call only).
+    The key stays in its secret: every call opens one access,
     builds ``cryptography``'s cipher inside it and drops it before the access ends (see the module
     docstring for where OpenSSL copies the key and why that copy is wiped), then runs the same
     operation once more under an all-zero key to overwrite the CPU registers the real one left
-    the key schedule in (see "Registers" in the module docstring). The AEAD holds a reference to
-    the secret, not a copy: closing the secret makes every later call raise
+    the key schedule in (see "Registers" in the module docstring); with an Enclave key on x86-64
+    the end of the open zeroes every vector register instead (no second operation). The AEAD
+    holds a reference to the secret, not a copy: closing the secret makes every later call raise
     :class:`~securememory.SecretClosedError`.
 
     Never reuse a nonce with the same key.
@@ -74,8 +78,8 @@ class AEAD:
 
     __slots__ = ("_cipher", "_key", "algorithm")
 
-    def __init__(self, key: Secret, algorithm: str = "aes-256-gcm") -> None:
-        self._key = require_secret(key, "key")
+    def __init__(self, key: Secret | Enclave, algorithm: str = "aes-256-gcm") -> None:
+        self._key = require_key(key, "key")
         try:
             self._cipher = _CIPHERS[algorithm]
         except (KeyError, TypeError):
@@ -93,7 +97,7 @@ class AEAD:
         """``use(cipher)`` with a cipher built inside one access of the key and dropped at its
         end; then the register scrub, also when ``use`` raised."""
         try:
-            with self._key.access() as key:
+            with key_access(self._key) as key:
                 cipher = self._cipher(key)
                 try:
                     return use(cipher)
@@ -103,7 +107,8 @@ class AEAD:
                 finally:
                     del cipher
         finally:
-            _scrub_registers(self._cipher, decrypting, length)
+            if not (OPEN_SCRUBS_REGISTERS and isinstance(self._key, Enclave)):
+                _scrub_registers(self._cipher, decrypting, length)
 
     def encrypt(self, nonce: Buffer, data: Buffer, associated_data: Buffer | None = None) -> bytes:
         """``data`` encrypted and authenticated with ``associated_data``: ciphertext || tag."""
@@ -155,14 +160,15 @@ class AEAD:
         return self._run(True, size, unwrap)
 
     def encrypt_secret(
-        self, nonce: Buffer, secret: Secret, associated_data: Buffer | None = None
+        self, nonce: Buffer, secret: Secret | Enclave, associated_data: Buffer | None = None
     ) -> bytes:
-        """Wrap a key: encrypt the content of ``secret`` (read inside its access, no copy)."""
-        require_secret(secret, "secret")
+        """Wrap a key: encrypt the content of ``secret`` (a Secret read inside its access, or an
+        Enclave inside an open; no copy)."""
+        require_key(secret, "secret")
         _check_nonce(nonce)
 
         def wrap(cipher: _Cipher) -> bytes:
-            with secret.access() as plaintext:
+            with key_access(secret) as plaintext:
                 return cipher.encrypt(nonce, plaintext, associated_data)
 
         return self._run(False, len(secret), wrap)

@@ -4,14 +4,17 @@ the hash names."""
 from __future__ import annotations
 
 import threading
+from contextlib import AbstractContextManager
 from typing import TypeVar, Union
 
 from cryptography.hazmat.primitives import hashes
 
+from .._enclave import Enclave
 from .._factory import SecretFactory
 from .._secret import Secret
 
 Buffer = Union[bytes, bytearray, memoryview]
+Key = Union[Secret, Enclave]
 T = TypeVar("T")
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -48,8 +51,25 @@ def require_secret(obj: object, what: str) -> Secret:
         f"{what} must be a securememory.Secret, not {kind}: a key in a {kind} is an ordinary "
         "heap object that cannot be locked or wiped, and copies of it stay in memory after it "
         "is gone. Make the key with a SecretFactory (create_random, from_file, from_fd, "
-        "from_prompt, or new() from a bytearray, which wipes the bytearray)"
+        "from_prompt, or new() from a bytearray, which wipes the bytearray), or seal it in an "
+        "Enclave (Enclave.seal(bytearray) wipes it too)"
     )
+
+
+def require_key(obj: object, what: str) -> Key:
+    """``obj`` if it is a :class:`Secret` or an :class:`Enclave`, else the ``TypeError`` that
+    says why a heap object is refused."""
+    if isinstance(obj, Enclave):
+        return obj
+    return require_secret(obj, what)
+
+
+def key_access(key: Key) -> AbstractContextManager[memoryview]:
+    """One read of the key's bytes: a secret's access, or an enclave's open (its plaintext in a
+    locked scratch slot for the length of the block)."""
+    if isinstance(key, Enclave):
+        return key.open()
+    return key.access()
 
 
 def hash_algorithm(algorithm: str) -> hashes.HashAlgorithm:

@@ -6,16 +6,17 @@ import hmac as _stdlib_hmac
 
 from cryptography.hazmat.primitives import hmac as _crypto_hmac
 
+from .._enclave import Enclave
 from .._secret import Secret
-from ._common import Buffer, hash_algorithm, require_secret
+from ._common import Buffer, hash_algorithm, key_access, require_key, require_secret
 
 
-def hmac(secret: Secret, data: Buffer, algorithm: str = "sha256") -> bytes:
+def hmac(secret: Secret | Enclave, data: Buffer, algorithm: str = "sha256") -> bytes:
     """The HMAC tag of ``data`` under the key ``secret``. The tag is not secret: it is returned
     as ``bytes``. To check a tag, compare with :func:`hmac.compare_digest`."""
-    require_secret(secret, "key")
+    require_key(secret, "key")
     algo = hash_algorithm(algorithm)
-    with secret.access() as key:
+    with key_access(secret) as key:
         mac = _crypto_hmac.HMAC(key, algo)
         try:
             mac.update(data)
