@@ -166,9 +166,16 @@ class _BigPair(ctypes.BigEndianStructure):
     _fields_ = [("a", ctypes.c_uint32), ("b", ctypes.c_uint32)]
 
 
+def _byte_order(order: str) -> type[ctypes.c_uint32]:
+    """``c_uint32.__ctype_be__`` / ``__ctype_le__``: there at run time on every CPython, but
+    typeshed declares them only from 3.11, so mypy on 3.9 and 3.10 calls them missing."""
+    swapped: type[ctypes.c_uint32] = getattr(ctypes.c_uint32, f"__ctype_{order}__")
+    return swapped
+
+
 U32 = ctypes.c_uint32 * 8
-U32_BE = ctypes.c_uint32.__ctype_be__ * 8
-U32_LE = ctypes.c_uint32.__ctype_le__ * 8
+U32_BE = _byte_order("be") * 8
+U32_LE = _byte_order("le") * 8
 CHARS = ctypes.c_char * 32
 
 SOURCES: dict[str, Callable[[], Any]] = {
