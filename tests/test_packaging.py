@@ -24,7 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")  # noxfile.py's matrix
-IGNORED = {"__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+IGNORED = {"_build", "__pycache__", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
 
 
 def _need(module: str) -> None:
@@ -128,8 +128,11 @@ def test_sdist_holds_what_its_tests_need(dist: tuple[Path, Path]) -> None:
         "src/securememory/_backend/_native.pyi",
         "src/securememory/py.typed",
     }
-    required |= {str(p.relative_to(ROOT)) for p in (ROOT / "src").rglob("*.py")}
+    required |= {n for n in _tree(ROOT / "src") if n.endswith((".py", ".c", ".pyi", "py.typed"))}
+    if (ROOT / "docs").is_dir():  # tests/test_docs.py builds the site, test_recipes runs it
+        required |= {n for n in _tree(ROOT / "docs") if not n.startswith("docs/_build/")}
     assert "tests/test_packaging.py" in required and "benchmarks/floor.c" in required
+    assert "src/securememory/_backend/enclave.c" in required  # #included by _native.c
     assert _missing(names, required) == set()
     # control: the comparison does see a file the sdist lacks
     assert _missing(names - {"tests/conftest.py"}, required) == {"tests/conftest.py"}
