@@ -5,13 +5,15 @@ virtualenv (which compiles the C core for that Python) and runs the suite. An in
 machine lacks is skipped with nox's reason ("Python interpreter 3.X not found"), not failed.
 pyenv's interpreters (``~/.pyenv/versions/3.X.*``) are found even when pyenv does not select them.
 
-Time: the default Python (:data:`DEFAULT`) runs the whole suite. The others run it with ``-x`` and
-without the tests marked ``slow`` (builds of the distributions, the long memlock runs of
-``securememory check``): every one still builds the core and runs the API, guarantee,
-lifecycle, limit and lint tests. Set ``SECUREMEMORY_FULL_MATRIX=1`` to run everything everywhere.
+Time (CI has 2 cores and must stay well under 30 minutes): the default Python (:data:`DEFAULT`)
+runs the whole suite (about 5 minutes). The others run it with ``-x``, without the tests marked
+``slow`` (builds of the distributions, the long fork and memlock runs) and without the long
+end-to-end files in :data:`LONG` (docs builds, recipes, servers, 10,000-operation memory scans):
+every one still builds the core and runs the API, guarantee, lifecycle, limit, check, ingress,
+crypto, enclave and lint tests. Set ``SECUREMEMORY_FULL_MATRIX=1`` to run everything everywhere.
 
-``nox -s sdist``: build the sdist, unpack it, install it and run its own suite from the unpacked
-tree (the proof that the sdist holds what its tests need).
+``nox -s sdist``: build the sdist, unpack it, install it, collect its whole suite (every test
+module imports from the unpacked tree) and run it as the non-default Pythons do.
 """
 
 from __future__ import annotations
@@ -46,11 +48,23 @@ def _pyenv_on_path() -> None:
 _pyenv_on_path()
 
 
-def _pytest_args(session: nox.Session) -> list[str]:
+LONG = [  # end-to-end files left to the default Python's full run (minutes each on 2 cores)
+    "tests/test_docs.py",
+    "tests/test_recipes.py",
+    "tests/test_share_gunicorn.py",
+    "tests/test_share_mp.py",
+    "tests/test_asymmetric_scan.py",
+    "tests/test_enclave_proof.py",
+    "tests/test_argon2_heap.py",
+    "tests/test_heap_proof.py",
+    "tests/test_benchmarks.py",
+]
+
+
+def _pytest_args(session: nox.Session, full: bool) -> list[str]:
     args = ["-p", "no:cacheprovider", "-q"]
-    full = session.python == DEFAULT or os.environ.get("SECUREMEMORY_FULL_MATRIX") == "1"
-    if not full:
-        args += ["-x", "-m", "not slow"]
+    if not (full or os.environ.get("SECUREMEMORY_FULL_MATRIX") == "1"):
+        args += ["-x", "-m", "not slow", *(f"--ignore={f}" for f in LONG)]
     return args + session.posargs
 
 
@@ -59,7 +73,7 @@ def tests(session: nox.Session) -> None:
     """Install (building the C core for this Python) and run the suite."""
     session.install(EXTRAS)
     session.run("python", "-c", "import securememory._backend._native as n; print(n.__file__)")
-    session.run("python", "-m", "pytest", *_pytest_args(session))
+    session.run("python", "-m", "pytest", *_pytest_args(session, session.python == DEFAULT))
 
 
 @nox.session(python=DEFAULT)
@@ -76,4 +90,5 @@ def sdist(session: nox.Session) -> None:
     tree = archive.with_name(archive.name[: -len(".tar.gz")])
     session.chdir(tree)
     session.install(EXTRAS[:-1] + ",release]")  # its own tests/test_packaging.py builds again
-    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q", *session.posargs)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-qq", "--collect-only")
+    session.run("python", "-m", "pytest", *_pytest_args(session, False))
