@@ -435,7 +435,7 @@ static int share_check_fd(int fd, int backing, size_t inner_len) {
             PyErr_Format(PyExc_ValueError,
                          "the descriptor is not a securememory secret: a secretmem secret's "
                          "descriptor is a memfd_secret file, this one is on a filesystem of type "
-                         "%#lx", (unsigned long)fs.f_type);
+                         "0x%lx", (unsigned long)fs.f_type);
             return -1;
         }
     } else {
