@@ -463,3 +463,36 @@ def test_canary_checked_at_access_end_and_close(
         with pytest.raises(securememory.CanaryError):
             s.with_bytes(len)
     assert s.closed
+
+
+def test_canary_found_by_the_last_access_of_a_closing_secret_is_raised(
+    factory: securememory.SecretFactory,
+) -> None:
+    """The last access to end frees a closing secret and checks its whole canary there: a change
+    in the middle of it is raised from that access's end (and from the waiting close()), not
+    only recorded."""
+    if not factory.spec.guarded:
+        pytest.skip(f"{factory.implementation} memory has no canary by design")
+    import threading
+
+    s = factory.create_random(32)
+    at = s._inner + 2048
+    _region.make_writable(s)
+    _region.poke(at, _region.peek(at) ^ 0xFF)
+    _region.make_no_access(s)
+    closer_error: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            s.close()
+        except BaseException as e:
+            closer_error.append(e)
+
+    t = threading.Thread(target=close)
+    with pytest.raises(securememory.CanaryError), s.access():  # raised as the access ends
+        t.start()
+        while s._state != 2:  # closing: the closer is waiting for this access
+            t.join(0.001)
+    t.join(10)
+    assert s.closed
+    assert [type(e) for e in closer_error] == [securememory.CanaryError]

@@ -429,6 +429,15 @@ def test_bad_messages_are_refused_and_leave_nothing() -> None:
             os.close(fd)
 
     cases.append(("two descriptors", two, SecureMemoryError, "2 descriptors"))
+    for bad_size in (0, 1 << 40):  # a hostile size: refused before mapping, its fd closed
+        cases.append(
+            (
+                f"size {bad_size}",
+                with_fd(lambda: _memfd(inner, SEALS), _valid_header("guarded", bad_size)),
+                ValueError,
+                "size must be",
+            )
+        )
 
     def hang_up(sock: socket.socket) -> None:
         fd = _memfd(inner, SEALS)

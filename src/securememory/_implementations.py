@@ -38,7 +38,7 @@ class Implementation:
     def layout(self, size: int, shareable: bool = False) -> Layout:
         """The layout of a secret of ``size`` bytes (a shareable plain one has its live marker
         in front of the data; a guarded one's canary is its marker)."""
-        key = (self.guarded, size, shareable)
+        key = (self.guarded, size, bool(shareable))
         layout = _LAYOUTS.get(key)
         if layout is None:
             if self.guarded:

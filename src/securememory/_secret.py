@@ -271,7 +271,11 @@ def adopt(spec: Implementation, size: int, fd: int, *, inheritable: bool = False
     ``spec`` and ``size`` imply) and made close-on-exec; the creator's live marker must be in the
     pages (``SecretClosedError`` if its creator has wiped them). This process locks its own view
     and only unmaps it on close; the creator's close wipes for every process."""
-    layout, backing = spec.placement(check_size(size), shareable=True)
+    try:
+        layout, backing = spec.placement(check_size(size), shareable=True)
+    except BaseException:  # a bad size from the peer: the descriptor is ours to close
+        os.close(fd)
+        raise
     return _region.new_region(
         Secret,
         layout,

@@ -191,7 +191,12 @@ def _rebuild(dup: Any, name: str, size: int, inheritable: bool) -> Secret:
     """Unpickling a secret in the receiving process: take the descriptor from multiprocessing
     and map the same pages."""
     fd: int = dup.detach()
-    return adopt(_implementations.get(name), size, fd, inheritable=inheritable)
+    try:
+        spec = _implementations.get(name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return adopt(spec, size, fd, inheritable=inheritable)
 
 
 def _reduce(secret: Secret) -> tuple[Callable[..., Secret], tuple[Any, ...]]:

@@ -69,7 +69,9 @@
 
 enum { BACKING_ANONYMOUS = 0, BACKING_SECRETMEM = 1, BACKING_MEMFD = 2 };
 enum { ST_FILLING = 0, ST_OPEN = 1, ST_CLOSING = 2, ST_CLOSED = 3, ST_QUARANTINED = 4, ST_INERT = 5 };
-enum { F_INHERITABLE = 1, F_OWNER = 2, F_CANARY_FAILED = 4, F_LINKED = 8, F_EXITED = 16 };
+/* F_PURGED: purge() wiped it while it was being filled or accessed; the fill's end or the last
+ * access's end then finishes the job (frees it, or unmaps what purge left mapped). */
+enum { F_INHERITABLE = 1, F_OWNER = 2, F_CANARY_FAILED = 4, F_LINKED = 8, F_EXITED = 16, F_PURGED = 32 };
 enum { EXPORT_NONE = 0, EXPORT_READ = 1, EXPORT_WRITE = 2 };
 #define CANARY_HALF 16
 
@@ -756,6 +758,26 @@ static void release_view(PyObject *view) {
 /* End an access begun by enter(h): release the view, uncount it; the last one checks the canary
  * and makes the pages no-access, and destroys the region if a close() is waiting for it. Fails
  * closed: a region that cannot be made no-access again is wiped and freed. */
+/* A region purge() wiped and closed while an access ran stayed mapped for that access; when
+ * the last one ends, unmap it (or quarantine it while a view of it lives) and close its file. */
+static void release_purged(RegionObject *r) {
+    r->flags &= ~F_PURGED;
+    if (r->exports > 0) {
+        void *p = sys_mmap(r->base, r->mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                           -1);
+        if (p != MAP_FAILED) {
+            r->state = ST_QUARANTINED;
+            bytes_quarantined += r->mapped;
+        }
+    } else {
+        sys_munmap(r->base, r->mapped);
+    }
+    if (r->fd >= 0) {
+        close(r->fd);
+        r->fd = -1;
+    }
+}
+
 static int leave(RegionObject *r, Holder *h, PyObject *view) {
     int rc = 0;
     PyObject *context = h->context;
@@ -785,10 +807,17 @@ static int leave(RegionObject *r, Holder *h, PyObject *view) {
                 free_keeping_error(r);
                 rc = -1;
             } else if (r->state == ST_CLOSING) {
-                if (free_region(r) < 0) rc = -1;
+                int intact = free_region(r); /* the whole canary is checked here */
+                if (intact < 0) {
+                    rc = -1;
+                } else if (intact == 0) {
+                    raise_canary();
+                    rc = -1;
+                }
             }
         } else if (r->state == ST_CLOSED && (r->flags & F_EXITED)) {
-            protect(r, PROT_NONE); /* wiped at exit while this access ran: still mapped */
+            protect(r, PROT_NONE); /* wiped at exit (or purged) while this access ran */
+            if (r->flags & F_PURGED) release_purged(r);
         }
     }
     scrub_registers();
@@ -964,6 +993,12 @@ static PyObject *Region_finish(RegionObject *r, PyObject *noargs) {
     (void)noargs;
     if (r->state != ST_FILLING || r->pid != current_pid) {
         PyErr_SetString(PyExc_RuntimeError, "finish() on a region that is not being filled");
+        return NULL;
+    }
+    if (r->flags & F_PURGED) { /* purge() ran while it was being filled */
+        r->flags &= ~F_PURGED;
+        PyErr_SetString(SecretClosedError, "purge() ran while the secret was being made");
+        free_keeping_error(r);
         return NULL;
     }
     if (r->exports > 0) {

@@ -173,14 +173,16 @@ static void ek_recombine(void) {
     for (int i = 0; i < EK_KEY; i++) ek.scratch[i] ^= ek.right[i];
 }
 
-/* From K in the scratch: a new L, and R = BLAKE2b(L) xor K; the scratch is wiped. */
+/* From K in the scratch: a new L, and R = BLAKE2b(L) xor K; the scratch is wiped. The new L is
+ * drawn where R goes (R is recomputed either way), so a failed draw leaves L as it was and R is
+ * rebuilt from it: the key survives a failed rekey. */
 static int ek_split(void) {
-    int e = fill_random_bytes(ek.left, EK_KEY);
-    if (e != 0) return e;
+    int e = fill_random_bytes(ek.right, EK_KEY);
+    if (e == 0) memcpy(ek.left, ek.right, EK_KEY);
     ek.hash(ek.right, EK_KEY, ek.left, EK_KEY, NULL, 0, NULL, ek_personal);
     for (int i = 0; i < EK_KEY; i++) ek.right[i] ^= ek.scratch[i];
     secure_zero(ek.scratch, EK_KEY);
-    return 0;
+    return e;
 }
 
 static void ek_after_crypto(void) {
@@ -338,18 +340,22 @@ static int ek_decrypt_into(EnclaveObject *e, unsigned char *out) {
     return 0;
 }
 
-static EnclaveObject *ek_seal_bytes(PyTypeObject *type, const unsigned char *src, size_t n) {
-    if (ek_ready() < 0) return NULL;
+static EnclaveObject *ek_alloc(PyTypeObject *type, size_t n) {
     EnclaveObject *e = (EnclaveObject *)type->tp_alloc(type, (Py_ssize_t)(n + EK_OVERHEAD));
     if (e == NULL) return NULL;
     e->pid = current_pid;
-    e->key_id = ek.key_id;
     e->size = (uint32_t)n;
-    e->closed = 0;
-    if (ek_nonce(e->blob) < 0) {
-        Py_DECREF(e);
-        return NULL;
-    }
+    e->closed = 1; /* until sealed */
+    return e;
+}
+
+/* Seal src into e (allocated by ek_alloc). The allocation comes first because it may run the
+ * garbage collector, and a finalizer may purge(): from ek_ready() to the encryption no Python
+ * code runs, so the key sealed under is the live one, never a purged (zeroed) one. */
+static int ek_seal_into(EnclaveObject *e, const unsigned char *src, size_t n) {
+    if (ek_ready() < 0) return -1;
+    e->key_id = ek.key_id;
+    if (ek_nonce(e->blob) < 0) return -1;
     unsigned long long clen = 0;
     ek_recombine();
     int rc = ek.encrypt(e->blob + EK_NONCE, &clen, src, (unsigned long long)n, NULL, 0, NULL,
@@ -357,10 +363,16 @@ static EnclaveObject *ek_seal_bytes(PyTypeObject *type, const unsigned char *src
     ek_after_crypto();
     ek.seals++;
     if (rc != 0) {
-        Py_DECREF(e);
         PyErr_SetString(SecureMemoryError, "the AEAD refused to encrypt");
-        return NULL;
+        return -1;
     }
+    e->closed = 0;
+    return 0;
+}
+
+static EnclaveObject *ek_seal_bytes(PyTypeObject *type, const unsigned char *src, size_t n) {
+    EnclaveObject *e = ek_alloc(type, n);
+    if (e != NULL && ek_seal_into(e, src, n) < 0) Py_CLEAR(e);
     return e;
 }
 
@@ -438,13 +450,16 @@ static PyObject *mod_enclave_random(PyObject *m, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "On", &cls, &n) || ek_check_type(cls) < 0 || ek_check_size(n) < 0)
         return NULL;
-    if (ek_ready() < 0) return NULL;
+    EnclaveObject *e = ek_alloc((PyTypeObject *)cls, (size_t)n); /* first: see ek_seal_into */
+    if (e == NULL) return NULL;
     EkScratch s;
-    if (ek_take((size_t)n, &s) < 0) return NULL;
+    if (ek_ready() < 0 || ek_take((size_t)n, &s) < 0) {
+        Py_DECREF(e);
+        return NULL;
+    }
     int err = fill_random_bytes(s.buf, (size_t)n);
-    EnclaveObject *e = NULL;
     if (err != 0) raise_os("getrandom", err, (size_t)n);
-    else e = ek_seal_bytes((PyTypeObject *)cls, s.buf, (size_t)n);
+    if (err != 0 || ek_seal_into(e, s.buf, (size_t)n) < 0) Py_CLEAR(e);
     ek_give(&s, (size_t)n, 0);
     return (PyObject *)e;
 }
@@ -455,7 +470,7 @@ static void Enclave_dealloc(PyObject *self) { Py_TYPE(self)->tp_free(self); }
 
 static PyObject *Enclave_open(EnclaveObject *e, PyObject *noargs) {
     (void)noargs;
-    OpeningObject *o = PyObject_New(OpeningObject, &OpeningType);
+    OpeningObject *o = PyObject_GC_New(OpeningObject, &OpeningType);
     if (o == NULL) return NULL;
     Py_INCREF(e);
     o->enclave = e;
@@ -468,6 +483,7 @@ static PyObject *Enclave_open(EnclaveObject *e, PyObject *noargs) {
     o->state = 0;
     o->allow_view = 0;
     o->linked = 0;
+    PyObject_GC_Track(o);
     return (PyObject *)o;
 }
 
@@ -667,15 +683,35 @@ static void Opening_releasebuffer(PyObject *self, Py_buffer *view) {
 
 static PyBufferProcs Opening_as_buffer = {Opening_getbuffer, Opening_releasebuffer};
 
-static void Opening_dealloc(OpeningObject *o) {
+/* The view it hands out is a buffer of the opening itself, and the opening keeps the view: a
+ * cycle. An opening abandoned inside its block (its view dropped, never exited) is therefore
+ * found by the garbage collector, whose tp_clear ends it: the slot is wiped. */
+static int Opening_traverse(OpeningObject *o, visitproc visit, void *arg) {
+    Py_VISIT(o->view);
+    Py_VISIT(o->enclave);
+    return 0;
+}
+
+static void ek_abandon(OpeningObject *o) {
     if (o->state == 1) { /* abandoned inside the block: end it */
         PyObject *t, *v, *tb;
         PyErr_Fetch(&t, &v, &tb);
         ek_end(o);
         PyErr_Restore(t, v, tb);
     }
+}
+
+static int Opening_clear(OpeningObject *o) {
+    ek_abandon(o); /* releases and drops the view; the enclave is kept until dealloc */
+    return 0;
+}
+
+static void Opening_dealloc(OpeningObject *o) {
+    PyObject_GC_UnTrack(o);
+    ek_abandon(o);
+    Py_XDECREF(o->view);
     Py_DECREF(o->enclave);
-    PyObject_Free(o);
+    PyObject_GC_Del(o);
 }
 
 static PyMethodDef Opening_methods[] = {
@@ -687,9 +723,11 @@ static PyMethodDef Opening_methods[] = {
 static PyTypeObject OpeningType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "securememory._backend._native.EnclaveOpening",
     .tp_basicsize = sizeof(OpeningObject),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One open of an enclave: `with enclave.open() as view:`.",
     .tp_dealloc = (destructor)Opening_dealloc,
+    .tp_traverse = (traverseproc)Opening_traverse,
+    .tp_clear = (inquiry)Opening_clear,
     .tp_methods = Opening_methods,
     .tp_as_buffer = &Opening_as_buffer,
 };
@@ -777,13 +815,19 @@ static PyObject *mod_enclave_purge(PyObject *m, PyObject *noargs) {
     RegionObject *r = regions;
     while (r != NULL) {
         RegionObject *next = r->next;
-        if (r->pid == current_pid && is_live(r)) {
+        if (r->pid == current_pid && r->state == ST_FILLING) {
+            /* being written through a view now: freeing it would fault the writer; the end of
+             * the fill wipes and frees it and raises (Region_finish) */
+            r->flags |= F_PURGED;
+            n++;
+        } else if (r->pid == current_pid && is_live(r)) {
             if (r->count == 0) {
                 if (free_region(r) < 0) PyErr_Clear();
-            } else { /* an access runs: wipe and close, keep it mapped (as at exit) */
+            } else { /* an access runs: wipe and close, keep it mapped until the last ends */
                 r->state = ST_CLOSED;
-                r->flags |= F_EXITED;
+                r->flags |= F_EXITED | F_PURGED;
                 if ((r->flags & F_OWNER) && protect(r, PROT_READ | PROT_WRITE) == 0) {
+                    if (r->backing != BACKING_ANONYMOUS) share_marker_clear(r);
                     wipe_region_bytes(r->inner, r->inner_len);
                     protect(r, PROT_READ);
                 }
