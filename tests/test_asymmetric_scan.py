@@ -26,8 +26,6 @@ value is found outside the secrets' pages.
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -120,23 +118,14 @@ class _Worker(_probe._Child):
 
 
 def child_main() -> None:
-    worker = _Worker()
-    with open(0, "rb", buffering=0, closefd=False) as stdin:
-        for line in iter(stdin.readline, b""):
-            try:
-                worker.run(line.decode())
-            except Exception as e:
-                worker.reply(error=f"{type(e).__name__}: {e}")
+    _probe.serve(_Worker())
 
 
 class Worker(_probe.Probe):
+    """A child running :func:`child_main` (this file's commands)."""
+
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self.pid = self.proc.pid
+        super().__init__(script=__file__)
 
 
 def _clamp(k: bytes) -> bytes:

@@ -154,25 +154,14 @@ class _Worker(_probe._Child):
 
 
 def child_main() -> None:
-    worker = _Worker()
-    with open(0, "rb", buffering=0, closefd=False) as stdin:
-        for line in iter(stdin.readline, b""):
-            try:
-                worker.run(line.decode())
-            except Exception as e:
-                worker.reply(error=f"{type(e).__name__}: {e}")
+    _probe.serve(_Worker())
 
 
 class Worker(_probe.Probe):
+    """A child running :func:`child_main` (this file's commands)."""
+
     def __init__(self, cwd: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=cwd,
-            env=None if env is None else {**os.environ, **env},
-        )
-        self.pid = self.proc.pid
+        super().__init__(cwd, script=__file__, env=env)
 
 
 # ---------------------------------------------------------------------------------------------

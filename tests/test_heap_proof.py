@@ -31,7 +31,6 @@ import gc
 import os
 import secrets
 import select
-import subprocess
 import sys
 import tempfile
 import termios
@@ -237,27 +236,14 @@ class _Worker(_probe._Child):
 
 
 def child_main() -> None:
-    """The child's loop (as :func:`securememory._probe.main`, with the extra commands)."""
-    worker = _Worker()
-    with open(0, "rb", buffering=0, closefd=False) as stdin:
-        for line in iter(stdin.readline, b""):
-            try:
-                worker.run(line.decode())
-            except Exception as e:
-                worker.reply(error=f"{type(e).__name__}: {e}")
+    _probe.serve(_Worker())
 
 
 class Worker(_probe.Probe):
-    """The parent's handle on a child running :func:`child_main`."""
+    """A child running :func:`child_main` (this file's commands)."""
 
     def __init__(self, cwd: str | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=cwd,
-        )
-        self.pid = self.proc.pid
+        super().__init__(cwd, script=__file__)
 
 
 # ---------------------------------------------------------------------------------------------

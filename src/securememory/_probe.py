@@ -305,15 +305,19 @@ class _Child:
         sys.exit(0)
 
 
-def main() -> None:
-    """The child's loop: one command per stdin line, until ``exit`` or EOF."""
-    child = _Child()
+def serve(child: _Child) -> None:
+    """The child's loop: one command per stdin line, until ``exit`` or EOF. Tests that add
+    commands serve a subclass of :class:`_Child` with it."""
     with open(0, "rb", buffering=0, closefd=False) as stdin:  # unbuffered: raw input stays
         for line in iter(stdin.readline, b""):
             try:
                 child.run(line.decode())
             except Exception as e:
                 child.reply(error=f"{type(e).__name__}: {e}")
+
+
+def main() -> None:
+    serve(_Child())
 
 
 class ProbeDied(Exception):
@@ -366,16 +370,34 @@ def _unprivileged(memlock: int) -> None:
 class Probe:
     """The parent's handle on a probe child. Use as a context manager."""
 
-    def __init__(self, cwd: str | None = None, memlock: int | None = None) -> None:
-        """Start a child in ``cwd``; with ``memlock``, the child runs with that
+    def __init__(
+        self,
+        cwd: str | None = None,
+        memlock: int | None = None,
+        *,
+        script: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        r"""Start a child in ``cwd``; with ``memlock``, the child runs with that
         ``RLIMIT_MEMLOCK`` and without ``CAP_IPC_LOCK`` (dropped from the bounding set, as root).
+        ``script`` runs that file instead of this module (a test's child that :func:`serve`\ s
+        more commands); ``env`` is added to the environment.
         """
         preexec_fn = None if memlock is None else lambda: _unprivileged(memlock)
+        argv = (
+            [sys.executable, "-m", "securememory._probe"]
+            if script is None
+            else [
+                sys.executable,
+                os.path.abspath(script),
+            ]
+        )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "securememory._probe"],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             cwd=cwd,
+            env=None if env is None else {**os.environ, **env},
             preexec_fn=preexec_fn,
         )
         self.pid = self.proc.pid
