@@ -1497,6 +1497,24 @@ static PyObject *mod_counters(PyObject *m, PyObject *noargs) {
                          (Py_ssize_t)bytes_locked, (Py_ssize_t)bytes_quarantined);
 }
 
+/* Wipe a live region in place and close it, unmapping nothing: an access still running reads
+ * zeros instead of faulting (its pages stay readable until it ends). The exit wipe does this to
+ * every region; purge() to those an access is running in (with F_PURGED: the last access's end
+ * then unmaps). */
+static void wipe_in_place(RegionObject *r, int flags) {
+    r->state = ST_CLOSED;
+    r->flags |= F_EXITED | flags;
+    if ((r->flags & F_OWNER) && protect(r, PROT_READ | PROT_WRITE) == 0) {
+        if (r->backing != BACKING_ANONYMOUS) share_marker_clear(r);
+        wipe_region_bytes(r->inner, r->inner_len);
+        protect(r, r->count ? PROT_READ : PROT_NONE);
+    }
+    live_count--;
+    bytes_mapped -= r->mapped;
+    bytes_locked -= r->inner_len;
+    unlink_region(r);
+}
+
 static PyObject *mod_wipe_all(PyObject *m, PyObject *noargs) {
     /* At interpreter exit: wipe every live region this process owns and close it, but unmap
      * nothing, so a thread still inside an access (a daemon thread) reads zeros instead of
@@ -1509,17 +1527,7 @@ static PyObject *mod_wipe_all(PyObject *m, PyObject *noargs) {
     while (r != NULL) {
         RegionObject *next = r->next;
         if (r->pid == current_pid && is_live(r)) {
-            r->state = ST_CLOSED;
-            r->flags |= F_EXITED;
-            if ((r->flags & F_OWNER) && protect(r, PROT_READ | PROT_WRITE) == 0) {
-                if (r->backing != BACKING_ANONYMOUS) share_marker_clear(r);
-                wipe_region_bytes(r->inner, r->inner_len);
-                protect(r, r->count ? PROT_READ : PROT_NONE);
-            }
-            live_count--;
-            bytes_mapped -= r->mapped;
-            bytes_locked -= r->inner_len;
-            unlink_region(r);
+            wipe_in_place(r, 0);
             n++;
         }
         r = next;

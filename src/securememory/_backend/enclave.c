@@ -622,9 +622,7 @@ static void ek_end(OpeningObject *o) {
     PyObject *view = o->view;
     o->view = NULL;
     if (view != NULL) {
-        PyObject *res = PyObject_CallOneArg(release_method, view);
-        if (res == NULL) PyErr_Clear(); /* still exported: its slot is wiped and retired */
-        else Py_DECREF(res);
+        release_view(view); /* still exported: its slot is wiped and retired */
         Py_DECREF(view);
     }
     EkScratch s = {o->buf, o->map, o->mapped, o->slot};
@@ -824,17 +822,7 @@ static PyObject *mod_enclave_purge(PyObject *m, PyObject *noargs) {
             if (r->count == 0) {
                 if (free_region(r) < 0) PyErr_Clear();
             } else { /* an access runs: wipe and close, keep it mapped until the last ends */
-                r->state = ST_CLOSED;
-                r->flags |= F_EXITED | F_PURGED;
-                if ((r->flags & F_OWNER) && protect(r, PROT_READ | PROT_WRITE) == 0) {
-                    if (r->backing != BACKING_ANONYMOUS) share_marker_clear(r);
-                    wipe_region_bytes(r->inner, r->inner_len);
-                    protect(r, PROT_READ);
-                }
-                live_count--;
-                bytes_mapped -= r->mapped;
-                bytes_locked -= r->inner_len;
-                unlink_region(r);
+                wipe_in_place(r, F_PURGED);
             }
             n++;
         }
