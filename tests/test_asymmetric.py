@@ -101,14 +101,14 @@ def test_ed25519_rfc8032(
         assert key.sign(bytes.fromhex(msg)).hex() == sig
         assert key.sign(bytearray.fromhex(msg)).hex() == sig
         assert key.sign(memoryview(bytes.fromhex(msg))).hex() == sig
-        assert key._sk.implementation == factory.implementation
+        assert key._key.implementation == factory.implementation
 
 
 def test_ed25519_matches_cryptography(factory: securememory.SecretFactory) -> None:
     with crypto.Ed25519PrivateKey.generate(factory) as key:
         public = key.public_key()
         assert isinstance(public, ed25519.Ed25519PublicKey)
-        seed = key._sk.with_bytes(lambda v: bytes(v[:32]))
+        seed = key._key.with_bytes(lambda v: bytes(v[:32]))
         reference = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
         assert reference.public_key() == public
         for n in (0, 1, 63, 64, 65, 1000, 100_000):
@@ -263,7 +263,7 @@ def test_libsodium_is_handed_the_secrets_own_pages(
     with crypto.Ed25519PrivateKey.generate(factory) as ed:
         seen.clear()
         ed.sign(b"message")
-        assert ed._sk._data in seen
+        assert ed._key._data in seen
     with crypto.X25519PrivateKey.generate(factory) as x:
         seen.clear()
         with x.exchange(x25519.X25519PrivateKey.generate().public_key()) as shared:

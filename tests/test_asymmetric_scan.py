@@ -72,8 +72,8 @@ class _Worker(_probe._Child):
         factory = factory_for(impl)
         self.ed = crypto.Ed25519PrivateKey.generate(factory)
         self.x = crypto.X25519PrivateKey.generate(factory)
-        self.secrets[0], self.secrets[1] = self.ed._sk, self.x._key
-        self.send_bytes(self.ed._sk)
+        self.secrets[0], self.secrets[1] = self.ed._key, self.x._key
+        self.send_bytes(self.ed._key)
         self.reply(ok=True)
 
     def do_xkey(self) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 from contextlib import AbstractContextManager
-from typing import TypeVar, Union
+from types import TracebackType
+from typing import NoReturn, TypeVar, Union
 
 from cryptography.hazmat.primitives import hashes
 
@@ -16,6 +17,7 @@ from .._secret import Secret
 Buffer = Union[bytes, bytearray, memoryview]
 Key = Union[Secret, Enclave]
 T = TypeVar("T")
+K = TypeVar("K", bound="PrivateKey")
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
@@ -86,3 +88,40 @@ def nbytes(data: object) -> int:
         raise TypeError("expected a bytes-like object, not str")
     with memoryview(data) as view:  # type: ignore[arg-type]
         return view.nbytes
+
+
+class PrivateKey:
+    """What the private keys of this package share: the key, in a :class:`Secret` of their own;
+    closing (``close()``, a ``with`` block); no pickling or copying."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: Secret) -> None:
+        self._key = key
+
+    @property
+    def closed(self) -> bool:
+        return self._key.closed
+
+    def close(self) -> None:
+        """Wipe and free the key (idempotent); later calls raise ``SecretClosedError``."""
+        self._key.close()
+
+    def __enter__(self: K) -> K:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<securememory.crypto.{type(self).__name__} key={self._key!r}>"
+
+    def _refuse(self, *args: object) -> NoReturn:
+        raise TypeError("a private key cannot be pickled or copied: that would put it on the heap")
+
+    __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = __getstate__ = _refuse

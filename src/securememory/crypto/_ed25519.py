@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .._factory import SecretFactory
 from .._secret import Secret
 from . import _cffi
-from ._common import Buffer, default_factory, require_secret
+from ._common import Buffer, PrivateKey, default_factory, require_secret
 
 SEED_SIZE = 32
 SECRET_KEY_SIZE = 64  # libsodium's secret key: seed || public key
@@ -19,7 +18,7 @@ SIGNATURE_SIZE = 64
 _ZERO_SK = bytes(SECRET_KEY_SIZE)
 
 
-class Ed25519PrivateKey:
+class Ed25519PrivateKey(PrivateKey):
     """An Ed25519 private key (RFC 8032) held in a :class:`~securememory.Secret`.
 
     Named and used as ``cryptography``'s ``Ed25519PrivateKey``; :meth:`public_key` returns a
@@ -45,10 +44,10 @@ class Ed25519PrivateKey:
     ordinary ``bytes`` (they are not secret).
     """
 
-    __slots__ = ("_public", "_sk")
+    __slots__ = ("_public",)
 
     def __init__(self, sk: Secret, public: bytes) -> None:
-        self._sk = sk
+        super().__init__(sk)
         self._public = public
 
     # -- making one ---------------------------------------------------------------------------
@@ -98,7 +97,7 @@ class Ed25519PrivateKey:
         with memoryview(data) as view:
             n = view.nbytes
         signed = bytearray(SIGNATURE_SIZE + n)
-        with self._sk.access() as sk:
+        with self._key.access() as sk:
             rc = _sign(signed, data, sk)
             _sign(bytearray(SIGNATURE_SIZE), b"", _ZERO_SK)  # the stack scrub: same code, slots
         if rc != 0:  # pragma: no cover - crypto_sign cannot fail on valid lengths
@@ -107,35 +106,8 @@ class Ed25519PrivateKey:
 
     def public_key(self) -> Ed25519PublicKey:
         """The public key, as ``cryptography``'s ``Ed25519PublicKey``."""
-        len(self._sk)  # SecretClosedError for a closed key
+        len(self._key)  # SecretClosedError for a closed key
         return Ed25519PublicKey.from_public_bytes(self._public)
-
-    @property
-    def closed(self) -> bool:
-        return self._sk.closed
-
-    def close(self) -> None:
-        """Wipe and free the key (idempotent); later calls raise ``SecretClosedError``."""
-        self._sk.close()
-
-    def __enter__(self) -> Ed25519PrivateKey:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<securememory.crypto.Ed25519PrivateKey key={self._sk!r}>"
-
-    def _refuse(self, *args: object) -> NoReturn:
-        raise TypeError("a private key cannot be pickled or copied: that would put it on the heap")
-
-    __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = __getstate__ = _refuse
 
 
 def _keypair(pk: Any, sk: Any, seed: Any) -> None:

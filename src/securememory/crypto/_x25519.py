@@ -3,22 +3,19 @@ through libsodium."""
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import NoReturn
-
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from .._factory import SecretFactory
 from .._secret import Secret, copy_bytes
 from . import _cffi
-from ._common import Buffer, default_factory, require_secret
+from ._common import Buffer, PrivateKey, default_factory, require_secret
 
 KEY_SIZE = 32
 _ZERO = bytes(KEY_SIZE)
 _BASE_POINT = bytes([9]) + bytes(31)
 
 
-class X25519PrivateKey:
+class X25519PrivateKey(PrivateKey):
     """An X25519 private key (RFC 7748) held in a :class:`~securememory.Secret`.
 
     Named and used as ``cryptography``'s ``X25519PrivateKey``: :meth:`public_key` returns a
@@ -39,10 +36,10 @@ class X25519PrivateKey:
     Not guaranteed: the copies that exist while a call runs; public keys are ordinary objects.
     """
 
-    __slots__ = ("_factory", "_key", "_public")
+    __slots__ = ("_factory", "_public")
 
     def __init__(self, key: Secret, public: bytes, factory: SecretFactory) -> None:
-        self._key = key
+        super().__init__(key)
         self._public = public
         self._factory = factory
 
@@ -119,33 +116,10 @@ class X25519PrivateKey:
 
             return self._factory._create(KEY_SIZE, fill)
 
-    @property
-    def closed(self) -> bool:
-        return self._key.closed
-
     def close(self) -> None:
         """Wipe and free the key (idempotent); later calls raise ``SecretClosedError``. Shared
         secrets already returned are secrets of their own: close them too."""
-        self._key.close()
-
-    def __enter__(self) -> X25519PrivateKey:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<securememory.crypto.X25519PrivateKey key={self._key!r}>"
-
-    def _refuse(self, *args: object) -> NoReturn:
-        raise TypeError("a private key cannot be pickled or copied: that would put it on the heap")
-
-    __reduce__ = __reduce_ex__ = __copy__ = __deepcopy__ = __getstate__ = _refuse
+        super().close()
 
 
 def _public(key: Secret) -> bytes:
