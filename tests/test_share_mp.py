@@ -19,6 +19,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from conftest import require, skip_unless_available
@@ -50,23 +51,19 @@ def scan_worker(pid: int, key: bytes, decoy: bytes) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
-@pytest.mark.parametrize("impl", ["secretmem", "guarded"])
-def test_multiprocessing_passes_secrets(method: str, impl: str) -> None:
-    skip_unless_available(impl)
-    require(_root(), "worker memory scan")
-    if method not in multiprocessing.get_all_start_methods():
-        pytest.skip(f"start method {method} unavailable here")
-    key, decoy = os.urandom(32), os.urandom(32)
+def run_program(args: list[str], key: bytes, decoy: bytes) -> tuple[Any, dict[int, Any], Any]:
+    """Run a program of ``PROGRAMS`` (``args``, then the decoy in hex); it reads the key from its
+    stdin straight into a secret (``from_fd(0, 32)``) and prints its workers' results. Each
+    worker is scanned while it runs; a newline lets the program end. Returns (what it printed
+    first, the scan of each worker, what it printed last); the program must exit 0."""
     proc = subprocess.Popen(
-        [sys.executable, str(PROGRAMS), "mp", method, impl, decoy.hex()],
+        [sys.executable, str(PROGRAMS), *args, decoy.hex()],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        text=False,
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        proc.stdin.write(key)  # read by from_fd(0, 32) straight into the secret
+        proc.stdin.write(key)
         proc.stdin.flush()
         first = json.loads(proc.stdout.readline())
         scans = {pid: scan_worker(pid, key, decoy) for pid in first["workers"]}
@@ -77,6 +74,18 @@ def test_multiprocessing_passes_secrets(method: str, impl: str) -> None:
         proc.stdin.close()
         proc.wait(timeout=120)
     assert proc.returncode == 0
+    return first, scans, last
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+@pytest.mark.parametrize("impl", ["secretmem", "guarded"])
+def test_multiprocessing_passes_secrets(method: str, impl: str) -> None:
+    skip_unless_available(impl)
+    require(_root(), "worker memory scan")
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"start method {method} unavailable here")
+    key, decoy = os.urandom(32), os.urandom(32)
+    first, scans, last = run_program(["mp", method, impl], key, decoy)
     want = hmac.new(key, MESSAGE, hashlib.sha256).hexdigest()
     # 1 Process + 4 executor tasks + 8 pool workers + 1 pool task, each used the passed secret
     assert len(first["tags"]) == 14 and all(tag == want for _, tag in first["tags"])
@@ -100,24 +109,8 @@ def test_celery_style_prefork_pool(impl: str) -> None:
     require(_root(), "worker memory scan")
     pytest.importorskip("billiard", reason="Celery's pool (pip install billiard)")
     key, decoy = os.urandom(32), os.urandom(32)
-    proc = subprocess.Popen(
-        [sys.executable, str(PROGRAMS), "prefork", impl, decoy.hex()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        proc.stdin.write(key)
-        proc.stdin.flush()
-        first = json.loads(proc.stdout.readline())
-        scans = {pid: scan_worker(pid, key, decoy) for pid in first["workers"]}
-        proc.stdin.write(b"\n")
-        proc.stdin.flush()
-        last = json.loads(proc.stdout.readline())
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=120)
-    assert proc.returncode == 0 and last == {"live": 0}
+    first, scans, last = run_program(["prefork", impl], key, decoy)
+    assert last == {"live": 0}
     want = hmac.new(key, MESSAGE, hashlib.sha256).hexdigest()
     assert len(first["workers"]) == 4 and all(tag == want for _, tag in first["tags"])
     for pid, scan in scans.items():
