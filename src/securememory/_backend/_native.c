@@ -599,6 +599,33 @@ fail : {
  * exports (a view that outlived its access), the range is replaced by fresh no-access memory
  * instead of being unmapped, so a stale view faults instead of reading what is mapped there
  * next; it is unmapped when the last such view goes. */
+/* Give a closed region's range back: unmap it or, while a view of it lives, replace it with
+ * fresh no-access memory (quarantined, unmapped when the last view goes); close its file. Returns
+ * the name of a call that failed (its errno in *err), or NULL. */
+static const char *release_mapping(RegionObject *r, int *err) {
+    const char *op = NULL;
+    if (r->exports > 0) {
+        void *p = sys_mmap(r->base, r->mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+                           -1);
+        if (p == MAP_FAILED) {
+            *err = errno, op = "mmap (quarantine)";
+            r->state = ST_CLOSED;
+            unlink_region(r);
+        } else {
+            r->state = ST_QUARANTINED;
+            bytes_quarantined += r->mapped;
+        }
+    } else {
+        if (sys_munmap(r->base, r->mapped) != 0) *err = errno, op = "munmap";
+        unlink_region(r);
+    }
+    if (r->fd >= 0) {
+        close(r->fd);
+        r->fd = -1;
+    }
+    return op;
+}
+
 static int free_region(RegionObject *r) {
     int intact = 1, err = 0;
     const char *op = NULL;
@@ -628,25 +655,9 @@ static int free_region(RegionObject *r) {
     live_count--;
     bytes_mapped -= r->mapped;
     bytes_locked -= r->inner_len;
-    if (r->exports > 0) {
-        void *p = sys_mmap(r->base, r->mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                           -1);
-        if (p == MAP_FAILED) {
-            if (!err) err = errno, op = "mmap (quarantine)";
-            r->state = ST_CLOSED;
-            unlink_region(r);
-        } else {
-            r->state = ST_QUARANTINED;
-            bytes_quarantined += r->mapped;
-        }
-    } else {
-        if (sys_munmap(r->base, r->mapped) != 0 && !err) err = errno, op = "munmap";
-        unlink_region(r);
-    }
-    if (r->fd >= 0) {
-        close(r->fd);
-        r->fd = -1;
-    }
+    int release_err = 0;
+    const char *release_op = release_mapping(r, &release_err);
+    if (release_op != NULL && !err) err = release_err, op = release_op;
     if (!intact) r->flags |= F_CANARY_FAILED;
     wake_closers();
     if (err) {
@@ -762,20 +773,8 @@ static void release_view(PyObject *view) {
  * the last one ends, unmap it (or quarantine it while a view of it lives) and close its file. */
 static void release_purged(RegionObject *r) {
     r->flags &= ~F_PURGED;
-    if (r->exports > 0) {
-        void *p = sys_mmap(r->base, r->mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-                           -1);
-        if (p != MAP_FAILED) {
-            r->state = ST_QUARANTINED;
-            bytes_quarantined += r->mapped;
-        }
-    } else {
-        sys_munmap(r->base, r->mapped);
-    }
-    if (r->fd >= 0) {
-        close(r->fd);
-        r->fd = -1;
-    }
+    int err = 0;
+    (void)release_mapping(r, &err); /* nothing to report to: the access's end has its own */
 }
 
 static int leave(RegionObject *r, Holder *h, PyObject *view) {
