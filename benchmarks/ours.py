@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
+
 import securememory
 from securememory._factory import factory_for as _factory_for
 from securememory._implementations import IMPLEMENTATIONS as _TABLE
 from securememory._implementations import get
 
 from .peers import SECRET
-from .timing import Op
+from .timing import Op, Statement
 
 IMPLEMENTATIONS = tuple(reversed([i.name for i in _TABLE]))  # protected, guarded, secretmem
 
@@ -24,23 +27,19 @@ def factory_for(impl: str) -> securememory.SecretFactory:
     return _factory_for(impl)
 
 
-def access(secret: securememory.Secret) -> Op:
+def access(secret: securememory.Secret) -> Statement:
     """One access cycle as the issue states it: ``s.with_bytes(lambda v: v[0])``."""
-
-    def op() -> int:
-        return secret.with_bytes(lambda v: v[0])
-
-    return op
+    return Statement("s.with_bytes(lambda v: v[0])", {"s": secret})
 
 
-def access_cm(secret: securememory.Secret) -> Op:
+def access_cm(secret: securememory.Secret) -> Statement:
     """One access cycle through the context manager: ``with s.access() as v: v[0]``."""
+    return Statement("with s.access() as v:\n    v[0]", {"s": secret})
 
-    def op() -> int:
-        with secret.access() as v:
-            return v[0]
 
-    return op
+def access_among(secrets: Sequence[securememory.Secret]) -> Statement:
+    """The access cycle of :func:`access`, each time on the next of ``secrets`` (cycling)."""
+    return Statement("next(it).with_bytes(lambda v: v[0])", {"it": itertools.cycle(secrets)})
 
 
 def create_close_new(factory: securememory.SecretFactory) -> Op:

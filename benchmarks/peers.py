@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
+from collections.abc import Sequence
 from typing import Callable
 
 from .native import bind
-from .timing import Op
+from .timing import Op, Statement
 
 SECRET = bytes(range(32))
 
@@ -77,19 +79,21 @@ class Sodium:
 
         return op
 
-    def access(self, p: int) -> Op:
+    def access(self, p: int) -> Statement:
         """``sodium_mprotect_readonly``, read the first byte, ``sodium_mprotect_noaccess``: the
         thinnest access a ctypes wrapper can make (the byte view is made once, up front)."""
-        view = memoryview((ctypes.c_char * 32).from_address(p)).cast("B")
-        readonly, noaccess = self.readonly, self.noaccess
+        names = {"p": p, "view": self._view(p), "ro": self.readonly, "na": self.noaccess}
+        return Statement("ro(p)\nview[0]\nna(p)", names)
 
-        def op() -> int:
-            readonly(p)
-            x = view[0]
-            noaccess(p)
-            return x
+    def access_among(self, ptrs: Sequence[int]) -> Statement:
+        """The access of :meth:`access`, each time on the next of ``ptrs`` (cycling)."""
+        pairs = itertools.cycle([(p, self._view(p)) for p in ptrs])
+        names = {"it": pairs, "ro": self.readonly, "na": self.noaccess}
+        return Statement("p, view = next(it)\nro(p)\nview[0]\nna(p)", names)
 
-        return op
+    @staticmethod
+    def _view(p: int) -> memoryview:
+        return memoryview((ctypes.c_char * 32).from_address(p)).cast("B")
 
 
 def bytearray_create_del() -> Op:
@@ -100,8 +104,5 @@ def bytearray_create_del() -> Op:
     return op
 
 
-def bytearray_access(b: bytearray) -> Op:
-    def op() -> int:
-        return b[0]
-
-    return op
+def bytearray_access(b: bytearray) -> Statement:
+    return Statement("b[0]", {"b": b})

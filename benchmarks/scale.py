@@ -3,7 +3,6 @@ in an 8 MiB ``RLIMIT_MEMLOCK`` in an unprivileged child."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -21,9 +20,9 @@ from securememory import _probe
 
 from . import report as R
 from .native import HERE
-from .ours import access, factory_for
+from .ours import access_among, factory_for
 from .peers import SECRET, Sodium
-from .timing import Op, Stat, measure, no_gc
+from .timing import Op, Stat, measure_batches, no_gc
 
 SAMPLE = 1024  # accesses cycle over this many secrets drawn at random from the N live ones
 CHUNKS = 50  # creates of one pass are timed in about this many chunks
@@ -51,15 +50,6 @@ def _fill(create: Op, n: int, samples: list[float]) -> list[Any]:
                 made.append(create())
             samples.append((time.perf_counter_ns() - t0) / k)
     return made
-
-
-def _cycling(ops: Sequence[Op]) -> Op:
-    it = itertools.cycle(ops)
-
-    def op() -> object:
-        return next(it)()
-
-    return op
 
 
 def scale_ours(
@@ -92,8 +82,8 @@ def scale_ours(
                             after.live_secrets,
                         )
                     )
-                    picked = [access(s) for s in rng.choices(live, k=min(SAMPLE, max(n, 64)))]
-                    st = measure(_cycling(picked), rounds=rounds, target_ns=target_ns)
+                    picked = rng.choices(live, k=min(SAMPLE, max(n, 64)))
+                    st = measure_batches(access_among(picked).batch(), rounds, target_ns)
                     rows.append(R.Row.of(R.ACCESS, R.n_case(n), impl, st, n=n))
             finally:
                 for s in live:
@@ -128,10 +118,8 @@ def scale_sodium(
             live: list[int] = _fill(lambda: sodium.alloc(SECRET), n, samples)
             try:
                 if rep == reps - 1:
-                    picked = [
-                        sodium.access(p) for p in rng.choices(live, k=min(SAMPLE, max(n, 64)))
-                    ]
-                    st = measure(_cycling(picked), rounds=rounds, target_ns=target_ns)
+                    picked = rng.choices(live, k=min(SAMPLE, max(n, 64)))
+                    st = measure_batches(sodium.access_among(picked).batch(), rounds, target_ns)
                     rows.append(R.Row.of(R.ACCESS, R.n_case(n), R.SODIUM, st, n=n))
             finally:
                 for p in live:

@@ -174,15 +174,13 @@ def _single_access(run: Run, s: Subjects) -> None:
         ms.append(_c(run, (R.MPROTECT, R.ONE_PER_CALL, R.C), fn, note))
     ms.append(_py(run, (R.MPROTECT, R.ONE, R.CTYPES), s.ctypes_floor.mprotect_pair()))
     if s.sodium is not None and s.sodium_ptrs is not None:
-        op = s.sodium.access(s.sodium_ptrs[0])
-        ms.append(_py(run, (R.ACCESS, R.ONE, R.SODIUM), op, note="readonly, v[0], noaccess"))
-    ms.append(_py(run, (R.ACCESS, R.ONE, R.BYTEARRAY), bytearray_access(s.array), note="b[0]"))
+        stmt = s.sodium.access(s.sodium_ptrs[0])
+        ms.append(_c(run, (R.ACCESS, R.ONE, R.SODIUM), stmt.batch(), "readonly, v[0], noaccess"))
+    ms.append(_c(run, (R.ACCESS, R.ONE, R.BYTEARRAY), bytearray_access(s.array).batch(), "b[0]"))
     for impl in s.impls:
         sec = s.secrets[impl]
-        note = "s.with_bytes(lambda v: v[0])"
-        ms.append(_py(run, (R.ACCESS, R.ONE, impl), access(sec), note=note))
-        note = "with s.access() as v: v[0]"
-        ms.append(_py(run, (R.ACCESS, R.ONE_CM, impl), access_cm(sec), note=note))
+        for case, stmt in ((R.ONE, access(sec)), (R.ONE_CM, access_cm(sec))):
+            ms.append(_c(run, (R.ACCESS, case, impl), stmt.batch(), " ".join(stmt.text.split())))
     run.group("access, one thread", ms)
 
 
@@ -209,10 +207,10 @@ def _busy_access(run: Run, s: Subjects) -> None:
                 fn = s.cfloor.mprotect_pairs(s.cpages[0])
                 ms.append(_c(run, (R.MPROTECT, case, R.C), fn, note=description))
             if s.sodium is not None and s.sodium_ptrs is not None:
-                op = s.sodium.access(s.sodium_ptrs[0])
+                op = s.sodium.access(s.sodium_ptrs[0]).op()
                 ms.append(_py(run, (R.ACCESS, case, R.SODIUM), op, batch, note=description))
             for impl in s.impls:
-                op = access(s.secrets[impl])
+                op = access(s.secrets[impl]).op()
                 ms.append(_py(run, (R.ACCESS, case, impl), op, batch, note=description))
             run.group(f"access, {case}", ms, rounds)
 
@@ -236,7 +234,7 @@ def _two_threads(run: Run, s: Subjects) -> None:
         note = "two threads, each in a C batch on its own page"
         ms.append(threads_member((R.MPROTECT, R.FLOOR_TWO, R.C), runs, batch, cpus, note))
     if s.sodium is not None and s.sodium_ptrs is not None:
-        ops = [s.sodium.access(p) for p in s.sodium_ptrs]
+        ops = [s.sodium.access(p).op() for p in s.sodium_ptrs]
         batch = calibrate(ops[0], cfg.target_ns)
         ms.append(
             threads_member(
@@ -250,9 +248,9 @@ def _two_threads(run: Run, s: Subjects) -> None:
     try:
         for impl in s.impls:
             a, b = s.secrets[impl], partners[impl]
-            batch = calibrate(access(a), cfg.target_ns)
+            batch = calibrate(access(a).op(), cfg.target_ns)
             for case, pair in ((R.TWO_SAME, (a, a)), (R.TWO_DIFF, (a, b))):
-                fns2 = [both(access(x), batch) for x in pair]
+                fns2 = [both(access(x).op(), batch) for x in pair]
                 ms.append(threads_member((R.ACCESS, case, impl), fns2, batch, cpus))
         run.group("access, two threads", ms)
     finally:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import gc
 import os
 import statistics
+import textwrap
 import threading
 import time
+import timeit
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +42,30 @@ class Stat:
             raise ValueError("no samples")
         xs = sorted(per_op_ns)
         return cls(statistics.median(xs), quantile(xs, 0.10), quantile(xs, 0.90), len(xs), batch)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """Python code to time and the names it uses.
+
+    :meth:`batch` times it as :mod:`timeit` times a statement: compiled into the body of the
+    timing loop, so a batch costs the statement and the loop's own step, and no Python call per
+    execution (the C floors' loops make none either). :meth:`op` wraps it in a function, for the
+    threaded cases that need a callable."""
+
+    text: str
+    names: dict[str, object]
+
+    def batch(self) -> CBatch:
+        timer = timeit.Timer(self.text, globals=self.names)
+        return lambda n: timer.timeit(n) * 1e9 / n
+
+    def op(self) -> Op:
+        namespace = dict(self.names)
+        exec("def op():\n" + textwrap.indent(self.text, "    "), namespace)
+        op = namespace["op"]
+        assert callable(op)
+        return op
 
 
 def quantile(sorted_xs: Sequence[float], q: float) -> float:
@@ -86,6 +112,14 @@ def calibrate_c(run: CBatch, target_ns: int, max_batch: int = 1 << 24) -> int:
     run(10)
     per_op = max(run(max(10, min(1000, target_ns // 20_000))), 0.1)
     return max(1, min(max_batch, int(target_ns / per_op)))
+
+
+def measure_batches(run: CBatch, rounds: int, target_ns: int) -> Stat:
+    """Time ``rounds`` batches of ``run`` alone (the batch calibrated to ``target_ns``)."""
+    with no_gc():
+        n = calibrate_c(run, target_ns)
+        run(max(1, n // 10))  # warm up
+        return Stat.of([run(n) for _ in range(rounds)], n)
 
 
 def measure(op: Op, *, rounds: int, target_ns: int, batch: int | None = None) -> Stat:

@@ -440,22 +440,27 @@ def test_wipe_comes_before_unmap(
         assert wipe[2] == unmap[2] - guard_pages * 4096
 
 
-@pytest.mark.parametrize("where", ["before-data", "first-byte", "middle"])
+@pytest.mark.parametrize("where", ["before-data", "random-start", "first-byte", "middle"])
 def test_canary_checked_at_access_end_and_close(
     factory: securememory.SecretFactory, where: str
 ) -> None:
-    """A byte changed in the canary: its two random ends (the 16 bytes right before the data,
-    where an underflow lands first, and the first 16 of the inner pages) are checked when the
-    last access ends; the zeros between them when the secret is freed. Either way the secret is
+    """A byte changed in the canary: its random part (the 32 bytes right before the data, where
+    an underflow lands first) is checked when the last access ends; the zeros in front of it
+    (from the first byte of the inner pages) when the secret is freed. Either way the secret is
     wiped and closed before ``CanaryError`` is raised."""
     if not factory.spec.guarded:
         pytest.skip(f"{factory.implementation} memory has no canary by design")
     s = factory.create_random(32)
-    at = {"before-data": s._data - 1, "first-byte": s._inner, "middle": s._inner + 2048}[where]
+    at = {
+        "before-data": s._data - 1,
+        "random-start": s._data - 32,
+        "first-byte": s._inner,
+        "middle": s._inner + 2048,
+    }[where]
     _region.make_writable(s)
     _region.poke(at, _region.peek(at) ^ 0xFF)
     _region.make_no_access(s)
-    if where == "middle":
+    if where in ("first-byte", "middle"):
         assert s.with_bytes(len) == 32  # an access end does not read the middle of the page
         with pytest.raises(securememory.CanaryError):
             s.close()

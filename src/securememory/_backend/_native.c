@@ -86,19 +86,23 @@ typedef struct Holder {
 
 typedef struct RegionObject {
     PyObject_HEAD
-    unsigned char *base;  /* the whole mapping */
+    /* What an access reads and writes, together in the first 80 bytes (two cache lines at
+     * most): an access of one of 10,000 cold secrets then misses on no other line of it. */
     unsigned char *inner; /* the locked, protected pages */
     unsigned char *data;  /* the secret's bytes */
-    size_t mapped, inner_offset, inner_len, data_offset, size, canary_len;
+    size_t inner_len, size, canary_len;
+    Holder *holders; /* the accesses running now */
+    pid_t pid;       /* the process that mapped it */
+    uint32_t count, exports;
+    uint8_t backing, state, export_mode, flags;
+    /* the rest */
+    unsigned char *base; /* the whole mapping */
+    size_t mapped, inner_offset, data_offset;
     struct RegionObject *prev, *next; /* every region this process has mapped and not unmapped */
-    Holder *holders;                  /* the accesses running now */
     PyObject *spec;                   /* what the layer above says this region is (or None) */
     PyObject *site_file;              /* where the user created it, for the ResourceWarning */
     int site_line;
-    pid_t pid; /* the process that mapped it */
-    int fd;    /* a shareable region's file descriptor, else -1 */
-    uint32_t count, exports;
-    uint8_t backing, state, export_mode, flags;
+    int fd; /* a shareable region's file descriptor, else -1 */
 } RegionObject;
 
 static pid_t current_pid;
@@ -327,51 +331,54 @@ static int is_live(const RegionObject *r) {
 }
 
 /* -- canary ------------------------------------------------------------------------------------ */
-/* A guarded region's canary fills the inner pages in front of the data: R, 16 random bytes at
- * the start of the inner pages; zeros; C = ~R, the 16 bytes right before the data. Intact means
+/* A guarded region's canary fills the inner pages in front of the data: zeros from the start of
+ * the inner pages; R, 16 random bytes; C = ~R, the 16 bytes right before the data. Intact means
  * exactly that: any change, including a uniform overwrite of the whole area, is seen. It lives
- * only in the region's own locked, undumpable pages. */
+ * only in the region's own locked, undumpable pages. R and C sit next to the data, in its cache
+ * line for a small secret, so the check at each access end reads no other line. */
+#define CANARY_R(r) ((r)->data - 2 * CANARY_HALF)
+#define CANARY_C(r) ((r)->data - CANARY_HALF)
 
 static void canary_init(RegionObject *r, const unsigned char random16[CANARY_HALF]) {
-    unsigned char *c = r->data - CANARY_HALF;
+    unsigned char *R = CANARY_R(r), *C = CANARY_C(r);
     for (int i = 0; i < CANARY_HALF; i++) {
-        r->inner[i] = random16[i];
-        c[i] = (unsigned char)~random16[i];
+        R[i] = random16[i];
+        C[i] = (unsigned char)~random16[i];
     }
 }
 
-/* At the end of each access: its two random ends only (R, and C right before the data, where
- * an underflow lands first): 32 bytes, not the whole page, so an access of one of 10,000 cold
- * secrets does not pull its 4 KiB into the cache. The whole canary is checked when freed. */
+/* At the end of each access: R and C only (the 32 bytes right before the data, where an
+ * underflow lands first), not the whole page, so an access of one of 10,000 cold secrets reads
+ * no line but its data's. The whole canary is checked when freed. */
 static int canary_ends_intact(const RegionObject *r) {
-    const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
+    const unsigned char *R = CANARY_R(r), *C = CANARY_C(r);
     unsigned char diff = 0;
     for (int i = 0; i < CANARY_HALF; i++) diff |= (unsigned char)(R[i] ^ (unsigned char)~C[i]);
     return diff == 0;
 }
 
 static int canary_intact(const RegionObject *r) {
-    const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
+    const unsigned char *R = CANARY_R(r), *C = CANARY_C(r);
     unsigned char diff = 0;
     for (int i = 0; i < CANARY_HALF; i++) diff |= (unsigned char)(R[i] ^ (unsigned char)~C[i]);
-    /* the zeros between, a word at a time (the inner pages are page-aligned) */
-    const uint64_t *w = (const uint64_t *)(const void *)(r->inner + CANARY_HALF);
-    size_t words = (size_t)(C - (r->inner + CANARY_HALF)) / 8;
+    /* the zeros in front of R, a word at a time (the inner pages are page-aligned) */
+    const uint64_t *w = (const uint64_t *)(const void *)r->inner;
+    size_t words = (size_t)(R - r->inner) / 8;
     uint64_t a = 0, b = 0, c = 0, d = 0;
     size_t i = 0;
     for (; i + 4 <= words; i += 4) a |= w[i], b |= w[i + 1], c |= w[i + 2], d |= w[i + 3];
     for (; i < words; i++) a |= w[i];
     unsigned char tail = 0;
-    for (const unsigned char *p = (const unsigned char *)(w + words); p < C; p++) tail |= *p;
+    for (const unsigned char *p = (const unsigned char *)(w + words); p < R; p++) tail |= *p;
     return diff == 0 && (a | b | c | d) == 0 && tail == 0;
 }
 
 /* == sharing across processes (issue 12) ====================================================
  * A shareable region's inner pages are a file (memfd_secret, or a sealed memfd) that other
  * processes map too: a forked child of an inheritable region, or a process that received its
- * descriptor. The first 16 bytes of the inner pages are the region's *live marker*: the canary's
- * random half R (guarded layouts; R == ~C while live) or SHARE_MAGIC (plain layouts, whose data
- * then starts 16 bytes in). The creator's wipe zeroes the marker first, then everything, so a
+ * descriptor. Its *live marker* is 16 bytes: the canary's random half R (guarded layouts; R == ~C
+ * while live) or SHARE_MAGIC at the start of the inner pages (plain layouts, whose data then
+ * starts 16 bytes in). The creator's wipe zeroes the marker first, then everything, so a
  * process that maps the pages but did not create them checks the marker at the start of each
  * access and fails cleanly (SecretClosedError) instead of reading zeros. Not guaranteed: an
  * access already running in another process while the creator wipes reads the bytes being wiped
@@ -391,7 +398,7 @@ static const unsigned char SHARE_MAGIC[SHARE_MARK] = "securememory\x01shr";
 /* 1 if the live marker of a shareable region is there (its creator has not wiped it). */
 static int share_marker_live(const RegionObject *r) {
     if (r->canary_len) {
-        const unsigned char *R = r->inner, *C = r->data - CANARY_HALF;
+        const unsigned char *R = CANARY_R(r), *C = CANARY_C(r);
         unsigned char any = 0, diff = 0;
         for (int i = 0; i < CANARY_HALF; i++) {
             any |= R[i];
@@ -404,7 +411,7 @@ static int share_marker_live(const RegionObject *r) {
 
 /* The creator of a shareable region: the marker is zeroed before the rest of the wipe. */
 static void share_marker_clear(RegionObject *r) {
-    secure_zero(r->inner, SHARE_MARK);
+    secure_zero(r->canary_len ? CANARY_R(r) : r->inner, SHARE_MARK);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
 }
 
@@ -1170,10 +1177,20 @@ typedef struct {
     Holder holder;
 } AccessObject;
 
+/* Access objects kept for reuse (under the GIL): `with s.access()` allocates nothing. */
+#define ACCESS_FREELIST 16
+static AccessObject *access_free[ACCESS_FREELIST];
+static int access_free_n;
+
 static PyObject *Region_access(RegionObject *r, PyObject *noargs) {
     (void)noargs;
-    AccessObject *a = PyObject_New(AccessObject, &AccessType);
-    if (a == NULL) return NULL;
+    AccessObject *a;
+    if (access_free_n > 0) {
+        a = access_free[--access_free_n];
+        (void)PyObject_Init((PyObject *)a, &AccessType);
+    } else if ((a = PyObject_New(AccessObject, &AccessType)) == NULL) {
+        return NULL;
+    }
     Py_INCREF(r);
     a->region = r;
     a->view = NULL;
@@ -1415,7 +1432,8 @@ static void Access_dealloc(AccessObject *a) {
         PyErr_Restore(t, v, tb);
     }
     Py_DECREF(a->region);
-    PyObject_Free(a);
+    if (access_free_n < ACCESS_FREELIST) access_free[access_free_n++] = a;
+    else PyObject_Free(a);
 }
 
 static PyMethodDef Access_methods[] = {
