@@ -229,13 +229,17 @@ DAEMON_AT_EXIT = """
     import atexit
     atexit.register(lambda: print("first hook ran", flush=True))  # runs last
     import importlib, sys, threading, time
+    import securememory
     f = importlib.import_module(sys.argv[1]).SecretFactory()
     s = f.create_random(4096)
 
     def loop():
-        while True:
-            with s.access() as v:
-                sum(v[:64])
+        try:
+            while True:
+                with s.access() as v:
+                    sum(v[:64])
+        except securememory.SecretClosedError:  # wiped at exit: a new access is refused
+            return
 
     threading.Thread(target=loop, daemon=True).start()
     time.sleep(0.02)
@@ -250,7 +254,10 @@ def test_daemon_thread_inside_an_access_at_exit(impl: str) -> None:
     """Issue 9 item 7. A daemon thread loops inside accesses while the interpreter exits: exit
     status 0 and every atexit hook runs, in every one of 30 runs. Before the fix: 2 of 30
     guarded runs failed here (the issue saw SIGSEGV at exit: the exit wipe remapped the pages
-    under the reader)."""
+    under the reader). The loop ends on the ``SecretClosedError`` of an access begun after the
+    wipe, as the README asks of daemon threads: left uncaught, CPython prints it while it
+    finalizes, which can abort the interpreter (python/cpython#129536; seen here once in 90 runs
+    with Debian's python3 as a user who is not root, under load)."""
     skip_unless_available(impl)
     bad = []
     for _ in range(30):
@@ -276,9 +283,12 @@ def test_exit_wipe_with_a_daemon_reader_still_wipes() -> None:
         from securememory._backend import _native
         s = securememory.SecretFactory().create_random(4096)
         def loop():
-            while True:
-                with s.access() as v:
-                    sum(v[:64])
+            try:
+                while True:
+                    with s.access() as v:
+                        sum(v[:64])
+            except securememory.SecretClosedError:  # as in the test above
+                return
         threading.Thread(target=loop, daemon=True).start()
         time.sleep(0.02)
         _native.trace(calls)
