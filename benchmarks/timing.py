@@ -122,14 +122,6 @@ def measure_batches(run: CBatch, rounds: int, target_ns: int) -> Stat:
         return Stat.of([run(n) for _ in range(rounds)], n)
 
 
-def measure(op: Op, *, rounds: int, target_ns: int, batch: int | None = None) -> Stat:
-    """Time ``rounds`` batches of ``op`` alone (the batch calibrated to ``target_ns``)."""
-    with no_gc():
-        n = batch if batch is not None else calibrate(op, target_ns)
-        time_batch(op, max(1, n // 10))  # warm up
-        return Stat.of([time_batch(op, n) for _ in range(rounds)], n)
-
-
 # -- threads ---------------------------------------------------------------------------------
 
 
