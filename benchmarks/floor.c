@@ -16,10 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef MADV_WIPEONFORK
-#define MADV_WIPEONFORK 18
-#endif
-
 static uint64_t now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -90,58 +86,80 @@ double floor_bzero_32(long batch) {
     return (double)(now_ns() - t0) / (double)batch;
 }
 
+#ifndef SYS_memfd_secret
+#define SYS_memfd_secret 447
+#endif
+#include <fcntl.h>
+#include <sys/syscall.h>
+
 /* N live regions in one of securememory's layouts, and pages picked among them at random. */
 #define SAMPLE 1024
 
 struct regions {
-    long n;
-    int guarded;
-    unsigned char **pages;
+    long n, mapped, inner_offset, inner_len;
+    unsigned char **inner; /* each region's inner pages */
     unsigned char *picks[SAMPLE];
 };
 
 void floor_regions_free(struct regions *r) {
-    long page = page_size();
     for (long i = 0; i < r->n; i++)
-        if (r->pages[i]) munmap(r->pages[i] - (r->guarded ? page : 0), (r->guarded ? 3 : 1) * page);
-    free(r->pages);
+        if (r->inner[i]) munmap(r->inner[i] - r->inner_offset, (size_t)r->mapped);
+    free(r->inner);
     free(r);
 }
 
-/* Made with the system calls securememory makes, in its order (mmap no-access, MADV_DONTDUMP,
- * MADV_WIPEONFORK, mprotect RW, mlock, write, mprotect none). Adjacent "plain" regions (one
- * locked page each) then share an anon_vma and merge into one VMA whenever all are no-access,
- * so each mprotect splits that VMA and the next merges it back (which is why the library's
- * protected layout keeps an unlocked page after its data). "Guarded" regions (a locked page
- * between unlocked guard pages) never merge. NULL on failure. */
-struct regions *floor_regions_new(long n, int guarded, uint64_t seed) {
-    long page = page_size(), len = (guarded ? 3 : 1) * page;
+/* One region of the layout (the whole mapping `mapped` bytes, the inner pages at `inner_offset`)
+ * made with the system calls securememory makes, in its order: mmap no-access; for secretmem, a
+ * memfd_secret file of the inner pages' size mapped over them (closed: the mapping keeps it);
+ * MADV_DONTDUMP and MADV_DONTFORK over the whole; else mprotect RW and mlock of the inner pages;
+ * write; mprotect none. 0 or -errno. */
+static int region_new(struct regions *r, long i, int secretmem) {
+    size_t len = (size_t)r->inner_len;
+    unsigned char *base = mmap(NULL, (size_t)r->mapped, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) return -errno;
+    unsigned char *p = base + r->inner_offset;
+    r->inner[i] = p;
+    if (secretmem) {
+        int fd = (int)syscall(SYS_memfd_secret, (unsigned int)O_CLOEXEC);
+        if (fd < 0) return -errno;
+        int bad = ftruncate(fd, (off_t)len) != 0 ||
+                  mmap(p, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED;
+        int e = errno;
+        close(fd);
+        if (bad) return -e;
+    }
+    if (madvise(base, (size_t)r->mapped, MADV_DONTDUMP) != 0 ||
+        madvise(base, (size_t)r->mapped, MADV_DONTFORK) != 0)
+        return -errno;
+    if (!secretmem && (mprotect(p, len, PROT_READ | PROT_WRITE) != 0 || mlock(p, len) != 0))
+        return -errno;
+    memset(p, 0x5a, len);
+    if (mprotect(p, len, PROT_NONE) != 0) return -errno;
+    return 0;
+}
+
+/* N regions of a securememory layout (see region_new); NULL on failure. */
+struct regions *floor_regions_new(long n, long mapped, long inner_offset, long inner_len,
+                                  int secretmem, uint64_t seed) {
     struct regions *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->n = n;
-    r->guarded = guarded;
-    r->pages = calloc((size_t)n, sizeof *r->pages);
-    if (!r->pages) {
+    r->mapped = mapped;
+    r->inner_offset = inner_offset;
+    r->inner_len = inner_len;
+    r->inner = calloc((size_t)n, sizeof *r->inner);
+    if (!r->inner) {
         free(r);
         return NULL;
     }
-    for (long i = 0; i < n; i++) {
-        unsigned char *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (base == MAP_FAILED) goto fail;
-        unsigned char *p = guarded ? base + page : base;
-        r->pages[i] = p;
-        if (madvise(base, len, MADV_DONTDUMP) != 0 || madvise(base, len, MADV_WIPEONFORK) != 0 ||
-            mprotect(p, page, PROT_READ | PROT_WRITE) != 0 || mlock(p, page) != 0)
-            goto fail;
-        memset(p, 0x5a, page);
-        if (mprotect(p, page, PROT_NONE) != 0) goto fail;
-    }
+    for (long i = 0; i < n; i++)
+        if (region_new(r, i, secretmem) != 0) goto fail;
     uint64_t x = seed | 1; /* xorshift64 */
     for (int i = 0; i < SAMPLE; i++) {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        r->picks[i] = r->pages[x % (uint64_t)n];
+        r->picks[i] = r->inner[x % (uint64_t)n];
     }
     return r;
 fail:
@@ -149,14 +167,14 @@ fail:
     return NULL;
 }
 
-/* The mprotect pair on pages picked at random among the regions, batch times. */
+/* The mprotect pair on the inner pages of regions picked at random, batch times. */
 double floor_mprotect_among(struct regions *r, long batch) {
-    long page = page_size();
+    size_t len = (size_t)r->inner_len;
     uint64_t t0 = now_ns();
     for (long i = 0; i < batch; i++) {
         unsigned char *p = r->picks[i % SAMPLE];
-        if (mprotect(p, page, PROT_READ) != 0) return -errno;
-        if (mprotect(p, page, PROT_NONE) != 0) return -errno;
+        if (mprotect(p, len, PROT_READ) != 0) return -errno;
+        if (mprotect(p, len, PROT_NONE) != 0) return -errno;
     }
     return (double)(now_ns() - t0) / (double)batch;
 }
@@ -174,12 +192,6 @@ double floor_sodium_malloc_free(void *(*sodium_malloc)(size_t), void (*sodium_fr
     }
     return (double)(now_ns() - t0) / (double)batch;
 }
-
-#ifndef SYS_memfd_secret
-#define SYS_memfd_secret 447
-#endif
-#include <fcntl.h>
-#include <sys/syscall.h>
 
 /* The floor of a secretmem secret's life: memfd_secret + ftruncate(1 page) + mmap + munmap +
  * close, batch times (the kernel's part; the pages are never touched, as ours are by the

@@ -72,6 +72,17 @@ def build(build_dir: Path) -> NativeBuild:
     return NativeBuild(cc, lib, None)
 
 
+@dataclass(frozen=True)
+class RegionLayout:
+    """Where a region's locked pages are in its mapping, in bytes, and whether they are a
+    ``memfd_secret`` file: what the C floor needs to make regions as securememory makes them."""
+
+    mapped: int
+    inner_offset: int
+    inner_len: int
+    secretmem: bool
+
+
 def _checked(ns: float, what: str) -> float:
     if ns < 0:
         err = int(-ns)
@@ -91,7 +102,9 @@ class CFloor:
         self._pairs = bind(lib, "floor_mprotect_pairs", dbl, vp, lng)
         self._maps = bind(lib, "floor_map_lock_cycles", dbl, lng)
         self._bzero = bind(lib, "floor_bzero_32", dbl, lng)
-        self._regions_new = bind(lib, "floor_regions_new", vp, lng, ctypes.c_int, vp)
+        self._regions_new = bind(
+            lib, "floor_regions_new", vp, lng, lng, lng, lng, ctypes.c_int, ctypes.c_uint64
+        )
         self._regions_free = bind(lib, "floor_regions_free", None, vp)
         self._among = bind(lib, "floor_mprotect_among", dbl, vp, lng)
         self.spin_until = bind(lib, "spin_until", None, ctypes.POINTER(ctypes.c_int))
@@ -147,17 +160,20 @@ class CFloor:
     def bzero_32(self) -> CBatch:
         return lambda batch: _checked(self._bzero(batch), "explicit_bzero")
 
-    def regions_new(self, n: int, guarded: bool, seed: int = 4) -> int:
-        r: int | None = self._regions_new(n, int(guarded), seed)
+    def regions_new(self, n: int, layout: RegionLayout, seed: int = 4) -> int:
+        """``n`` live regions of ``layout``, made with the system calls securememory makes."""
+        r: int | None = self._regions_new(
+            n, layout.mapped, layout.inner_offset, layout.inner_len, layout.secretmem, seed
+        )
         if not r:
-            raise OSError(f"floor_regions_new({n}) failed")
+            raise OSError(f"floor_regions_new({n}, {layout}) failed")
         return r
 
     def regions_free(self, regions: int) -> None:
         self._regions_free(regions)
 
     def mprotect_among(self, regions: int) -> CBatch:
-        """The mprotect pair on pages picked at random among N live regions."""
+        """The mprotect pair on the inner pages of regions picked at random among N."""
         return lambda batch: _checked(self._among(regions, batch), "mprotect")
 
 

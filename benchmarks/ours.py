@@ -9,7 +9,9 @@ import securememory
 from securememory._factory import factory_for as _factory_for
 from securememory._implementations import IMPLEMENTATIONS as _TABLE
 from securememory._implementations import get
+from securememory._region import Backing
 
+from .native import RegionLayout
 from .peers import SECRET
 from .timing import Op, Statement
 
@@ -20,6 +22,19 @@ def unavailable(impl: str) -> str | None:
     """Why ``impl`` cannot run on this host, or ``None``."""
     reason = get(impl).unavailable()
     return None if reason is None else f"{impl} unavailable: {reason}"
+
+
+def region_layout(impl: str) -> RegionLayout:
+    """The layout of a 32-byte secret of ``impl``, from the table, for the C floor."""
+    spec = get(impl)
+    layout = spec.layout(len(SECRET))
+    secretmem = spec.backing is Backing.SECRETMEM
+    return RegionLayout(layout.mapped, layout.inner_offset, layout.inner_len, secretmem)
+
+
+def is_secretmem(impl: str) -> bool:
+    """Whether ``impl``'s pages are a ``memfd_secret`` file (its create floor differs)."""
+    return region_layout(impl).secretmem
 
 
 def factory_for(impl: str) -> securememory.SecretFactory:

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ours import IMPLEMENTATIONS as OURS
+from .ours import is_secretmem
 from .timing import Stat
 
 # Implementation names of the reference rows.
 C, CTYPES, SODIUM, BYTEARRAY = "C", "ctypes", "libsodium", "bytearray"
 SODIUM_C = "libsodium from C"  # the peer's functions called in a C loop: no call overhead
-OURS = ("protected", "guarded", "secretmem")
 
 # Operations and cases.
 MPROTECT = "mprotect pair"
@@ -70,12 +71,9 @@ def n_case(n: int) -> str:
     return f"N={n}"
 
 
-PLAIN, GUARDED = "plain", "guarded"  # region layouts of the C floor at N
-LAYOUTS = (PLAIN, GUARDED)
-
-
-def n_layout_case(n: int, layout: str) -> str:
-    return f"N={n}, {layout} layout"
+def n_layout_case(n: int, impl: str) -> str:
+    """The case of the C floor among N regions in the layout (and backing) of ``impl``."""
+    return f"N={n}, {impl} layout"
 
 
 CASE_ORDER = [ONE, ONE_PER_CALL, ONE_CM, BUSY_C, BUSY_PY, TWO_SAME, TWO_DIFF, FLOOR_TWO, PAGE1, B32]
@@ -135,11 +133,8 @@ def references(row: Row) -> tuple[str | None, str | None]:
             return (row_id(op, ONE, C) if case == ONE_PER_CALL else None), None
         return row_id(op, case, C), None
     if op == ACCESS:
-        if row.n is not None:
-            # The same N in the layout whose regions never share a VMA: the plain layout's
-            # adjacent regions merge, so each mprotect there also splits and re-merges a VMA
-            # (a cost of the layout, not of the kernel floor; see floor.c).
-            floor = row_id(MPROTECT, n_layout_case(row.n, GUARDED), C)
+        if row.n is not None:  # the same N, regions of the same layout, in the same group
+            floor = row_id(MPROTECT, n_layout_case(row.n, impl), C) if impl in OURS else None
         elif case in (ONE, ONE_CM):
             floor = row_id(MPROTECT, ONE, C)
         elif case in (BUSY_C, BUSY_PY):
@@ -149,7 +144,8 @@ def references(row: Row) -> tuple[str | None, str | None]:
         peer_case = {ONE_CM: ONE, TWO_SAME: TWO_DIFF}.get(case, case)
         peer = row_id(ACCESS, peer_case, SODIUM)
     elif op == CREATE_CLOSE:
-        floor = row_id(SECRETMEM_CYCLE if impl == "secretmem" else MAPLOCK, PAGE1, C)
+        secretmem = impl in OURS and is_secretmem(impl)
+        floor = row_id(SECRETMEM_CYCLE if secretmem else MAPLOCK, PAGE1, C)
         peer = row_id(CREATE_CLOSE, PEER_CREATE, SODIUM_C)
     elif op == CREATE:
         floor = row_id(MAPLOCK, PAGE1, C)
@@ -270,10 +266,11 @@ def targets(
                 ratio=flat,
                 ratio_max=FLAT_TOLERANCE,
             )
-            f1 = by_id.get(row_id(MPROTECT, n_layout_case(1, GUARDED), C))
-            fmax = by_id.get(row_id(MPROTECT, n_layout_case(max_n, GUARDED), C))
+            f1 = by_id.get(row_id(MPROTECT, n_layout_case(1, impl), C))
+            fmax = by_id.get(row_id(MPROTECT, n_layout_case(max_n, impl), C))
             if f1 is not None and fmax is not None:  # context: how flat the kernel itself is
                 check["c_floor_ratio"] = fmax.median_ns / f1.median_ns
+                check["beyond_c_floor"] = flat / check["c_floor_ratio"]
             if max_n < FLAT_MAX_N:
                 check.update(status="not evaluated", reason=f"largest N measured is {max_n}")
             else:
@@ -497,7 +494,8 @@ def targets_text(ts: Sequence[dict[str, Any]]) -> str:
                     f"at N=1, {fmt_ns(c['access_ns_at_max_n'])} ns at N={c['max_n']}: "
                     f"ratio {c['ratio']:.2f} (<= {c['ratio_max']})"
                     + (
-                        f"; the C floor's own ratio: {c['c_floor_ratio']:.2f}"
+                        f"; the C floor's own ratio in the same layout: {c['c_floor_ratio']:.2f}"
+                        f" (ours / the floor's: {c['beyond_c_floor']:.2f})"
                         if "c_floor_ratio" in c
                         else ""
                     )
@@ -586,11 +584,11 @@ def chart(rows: Sequence[Row], path: Path) -> str | None:
                     label=impl,
                 )
         if op == ACCESS:
-            for layout, style in ((GUARDED, "--"), (PLAIN, ":")):
+            for impl, style in zip(OURS, ("--", ":", "-.")):
                 floor = sorted(
                     (r.n, r.median_ns)
                     for r in rows
-                    if r.operation == MPROTECT and r.n and r.case.endswith(f"{layout} layout")
+                    if r.operation == MPROTECT and r.n and r.case.endswith(f"{impl} layout")
                 )
                 if floor:
                     ax.plot(
@@ -598,7 +596,7 @@ def chart(rows: Sequence[Row], path: Path) -> str | None:
                         [p[1] / 1000 for p in floor],
                         style,
                         color="black",
-                        label=f"C floor, {layout} layout",
+                        label=f"C floor, {impl} layout",
                     )
         ax.set_xscale("log")
         ax.set_xlabel("N live secrets (log)")

@@ -12,21 +12,48 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import securememory
 from securememory import _probe
 
 from . import report as R
-from .native import HERE
-from .ours import access_among, factory_for
+from .native import HERE, CFloor, RegionLayout
+from .ours import access_among, factory_for, region_layout
 from .peers import SECRET, Sodium
-from .timing import Op, Stat, measure_batches, no_gc
+from .timing import (
+    CBatch,
+    Key,
+    Member,
+    Op,
+    Stat,
+    Statement,
+    c_member,
+    calibrate_c,
+    no_gc,
+    run_group,
+)
 
 SAMPLE = 1024  # accesses cycle over this many secrets drawn at random from the N live ones
 CHUNKS = 50  # creates of one pass are timed in about this many chunks
 MEMLOCK_LIMIT = 8 << 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the N live secrets are measured.
+
+    The sizes are visited ``phases`` times in turn (1, 10, ..., 10000, 1, 10, ...), each visit
+    making its N secrets anew and running ``rounds`` rounds, so that the access at N=1 and at
+    N=10000 are sampled over the same stretch of time: a drift of the machine over the minute
+    the scale takes cannot pass for a cost of N (target (c) is their ratio)."""
+
+    sizes: Sequence[int]
+    phases: int
+    rounds: int  # per visit
+    target_ns: int
+    min_creates: int  # per N, over all visits
 
 
 @dataclass(frozen=True)
@@ -36,6 +63,19 @@ class Footprint:
     bytes_mapped_per_secret: float | None
     bytes_locked_per_secret: float | None
     live_secrets: int | None
+
+
+@dataclass
+class _Series:
+    """One row's samples, gathered over the visits (the batch is calibrated at the first)."""
+
+    samples: list[float] = field(default_factory=list)
+    batch: int = 0
+
+    def member(self, key: Key, run: CBatch, target_ns: int) -> Member:
+        if not self.batch:
+            self.batch = calibrate_c(run, target_ns)
+        return c_member(key, run, self.batch)
 
 
 def _fill(create: Op, n: int, samples: list[float]) -> list[Any]:
@@ -52,89 +92,114 @@ def _fill(create: Op, n: int, samples: list[float]) -> list[Any]:
     return made
 
 
-def scale_ours(
-    impl: str,
-    sizes: Sequence[int],
-    *,
-    min_creates: int,
-    rounds: int,
-    target_ns: int,
+def _scale(
+    name: str,
+    create: Op,
+    destroy: Callable[[Any], object],
+    among: Callable[[list[Any]], Statement],
+    floor: tuple[CFloor, RegionLayout] | None,
+    plan: Plan,
     rng: random.Random,
-) -> tuple[list[R.Row], list[Footprint]]:
-    factory = factory_for(impl)
-    rows: list[R.Row] = []
+) -> tuple[dict[int, list[float]], dict[int, _Series], dict[int, _Series], list[Footprint]]:
+    """Create samples, access series, C floor series (regions of the same layout, measured in
+    the same group as the access) and, at the first visit, the memory per secret, at each N."""
+    creates: dict[int, list[float]] = {n: [] for n in plan.sizes}
+    access = {n: _Series() for n in plan.sizes}
+    floors = {n: _Series() for n in plan.sizes}
     prints: list[Footprint] = []
-    for n in sizes:
-        reps = max(1, math.ceil(min_creates / n))
-        samples: list[float] = []
-        for rep in range(reps):
-            before = securememory.stats()
-            live: list[securememory.Secret] = _fill(lambda: factory.new(SECRET), n, samples)
-            try:
-                if rep == reps - 1:
-                    after = securememory.stats()
-                    prints.append(
-                        Footprint(
-                            impl,
-                            n,
-                            (after.bytes_mapped - before.bytes_mapped) / n,
-                            (after.bytes_locked - before.bytes_locked) / n,
-                            after.live_secrets,
-                        )
-                    )
+    for visit in range(plan.phases):
+        for n in plan.sizes:
+            reps = max(1, math.ceil(plan.min_creates / (n * plan.phases)))
+            for rep in range(reps):
+                before = securememory.stats()
+                live = _fill(create, n, creates[n])
+                try:
+                    if rep < reps - 1:
+                        continue
+                    if visit == 0:
+                        after = securememory.stats()
+                        mapped = (after.bytes_mapped - before.bytes_mapped) / n
+                        locked = (after.bytes_locked - before.bytes_locked) / n
+                        prints.append(Footprint(name, n, mapped, locked, after.live_secrets))
                     picked = rng.choices(live, k=min(SAMPLE, max(n, 64)))
-                    st = measure_batches(access_among(picked).batch(), rounds, target_ns)
-                    rows.append(R.Row.of(R.ACCESS, R.n_case(n), impl, st, n=n))
-            finally:
-                for s in live:
-                    s.close()
-        rows.append(
-            R.Row.of(
-                R.CREATE,
-                R.n_case(n),
-                impl,
-                Stat.of(samples, max(1, n // CHUNKS)),
-                n=n,
-                note="new(bytes32) while filling up to N live secrets",
+                    _visit(n, access[n], among(picked), floors[n], floor, plan)
+                finally:
+                    for x in live:
+                        destroy(x)
+    return creates, access, floors, prints
+
+
+def _visit(
+    n: int,
+    access: _Series,
+    statement: Statement,
+    floor_series: _Series,
+    floor: tuple[CFloor, RegionLayout] | None,
+    plan: Plan,
+) -> None:
+    """One visit of N: the access among the N (and the C floor among N regions of the same
+    layout, interleaved with it round by round)."""
+    key: Key = (R.ACCESS, R.n_case(n), "")
+    members = [(access, access.member(key, statement.batch(), plan.target_ns))]
+    if floor is None:
+        run_group([members[0][1]], plan.rounds)
+    else:
+        cfloor, layout = floor
+        regions = cfloor.regions_new(n, layout)
+        try:
+            run = cfloor.mprotect_among(regions)
+            members.append((floor_series, floor_series.member(key, run, plan.target_ns)))
+            run_group([m for _, m in members], plan.rounds)
+        finally:
+            cfloor.regions_free(regions)
+    for series, m in members:
+        series.samples.extend(m.samples)
+
+
+def scale_ours(
+    impl: str, plan: Plan, rng: random.Random, cfloor: CFloor | None
+) -> tuple[list[R.Row], list[Footprint]]:
+    """The rows at each N of one implementation and of the C floor in its layout."""
+    factory = factory_for(impl)
+    floor = None if cfloor is None else (cfloor, region_layout(impl))
+    creates, access, floors, prints = _scale(
+        impl, lambda: factory.new(SECRET), _close, access_among, floor, plan, rng
+    )
+    backend = securememory.stats().backend
+    phases = f"N visited {plan.phases} times in turn" if plan.phases > 1 else ""
+    rows: list[R.Row] = []
+    for n in plan.sizes:
+        st = Stat.of(access[n].samples, access[n].batch)
+        rows.append(R.Row.of(R.ACCESS, R.n_case(n), impl, st, n=n, backend=backend, note=phases))
+        if floor is not None:
+            note = (
+                f"on the inner pages of regions picked at random among {n} regions of the "
+                f"{impl} layout, interleaved with its access at N={n}"
             )
-        )
+            st = Stat.of(floors[n].samples, floors[n].batch)
+            rows.append(R.Row.of(R.MPROTECT, R.n_layout_case(n, impl), R.C, st, n=n, note=note))
+        note = "new(bytes32) while filling up to N live secrets"
+        st = Stat.of(creates[n], max(1, n // CHUNKS))
+        rows.append(R.Row.of(R.CREATE, R.n_case(n), impl, st, n=n, backend=backend, note=note))
     return rows, prints
 
 
-def scale_sodium(
-    sodium: Sodium,
-    sizes: Sequence[int],
-    *,
-    min_creates: int,
-    rounds: int,
-    target_ns: int,
-    rng: random.Random,
-) -> list[R.Row]:
+def scale_sodium(sodium: Sodium, plan: Plan, rng: random.Random) -> list[R.Row]:
+    creates, access, _, _ = _scale(
+        R.SODIUM, lambda: sodium.alloc(SECRET), sodium.free, sodium.access_among, None, plan, rng
+    )
     rows: list[R.Row] = []
-    for n in sizes:
-        reps = max(1, math.ceil(min_creates / n))
-        samples: list[float] = []
-        for rep in range(reps):
-            live: list[int] = _fill(lambda: sodium.alloc(SECRET), n, samples)
-            try:
-                if rep == reps - 1:
-                    picked = rng.choices(live, k=min(SAMPLE, max(n, 64)))
-                    st = measure_batches(sodium.access_among(picked).batch(), rounds, target_ns)
-                    rows.append(R.Row.of(R.ACCESS, R.n_case(n), R.SODIUM, st, n=n))
-            finally:
-                for p in live:
-                    sodium.free(p)
-        rows.append(
-            R.Row.of(
-                R.CREATE,
-                R.n_case(n),
-                R.SODIUM,
-                Stat.of(samples, max(1, n // CHUNKS)),
-                n=n,
-                note="sodium_malloc(32) + copy + sodium_mprotect_noaccess",
-            )
-        )
+    for n in plan.sizes:
+        st = Stat.of(access[n].samples, access[n].batch)
+        rows.append(R.Row.of(R.ACCESS, R.n_case(n), R.SODIUM, st, n=n))
+        note = "sodium_malloc(32) + copy + sodium_mprotect_noaccess"
+        st = Stat.of(creates[n], max(1, n // CHUNKS))
+        rows.append(R.Row.of(R.CREATE, R.n_case(n), R.SODIUM, st, n=n, note=note))
     return rows
+
+
+def _close(secret: securememory.Secret) -> None:
+    secret.close()
 
 
 def memlock_capacity(impls: Sequence[str], limit: int = MEMLOCK_LIMIT) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .ours import (
     unavailable,
 )
 from .peers import SECRET, Sodium, bytearray_access, bytearray_create_del
-from .scale import Footprint, memlock_capacity, scale_ours, scale_sodium
+from .scale import Footprint, Plan, memlock_capacity, scale_ours, scale_sodium
 from .timing import (
     CBatch,
     Key,
@@ -49,6 +49,7 @@ from .timing import (
 )
 
 FULL_SIZES = (1, 10, 100, 1000, 10_000)
+SCALE_PHASES = 3  # full mode: the sizes are visited three times in turn (see scale.Plan)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Run:
     footprints: list[Footprint] = field(default_factory=list)
 
     def add(self, operation: str, case: str, impl: str, stat: Stat, **kw: Any) -> R.Row:
-        if impl in R.OURS or impl == R.ENCLAVE:
+        if impl in IMPLEMENTATIONS or impl == R.ENCLAVE:
             kw.setdefault("backend", securememory.stats().backend)
         row = R.Row.of(operation, case, impl, stat, **kw)
         self.rows.append(row)
@@ -350,40 +351,21 @@ def _bzero(run: Run, s: Subjects) -> None:
     run.group("explicit_bzero", ms)
 
 
-def _floor_at_n(run: Run, cfloor: CFloor) -> None:
-    """The C floor of the mprotect pair among N live regions, both layouts, interleaved."""
-    for n in run.config.sizes:
-        regions = {layout: cfloor.regions_new(n, layout == R.GUARDED) for layout in R.LAYOUTS}
-        try:
-            ms = []
-            for layout, reg in regions.items():
-                note = f"on pages picked at random among {n} regions of the {layout} layout"
-                if layout == R.PLAIN:
-                    note += " (adjacent regions merge into one VMA: each mprotect splits it)"
-                key = (R.MPROTECT, R.n_layout_case(n, layout), R.C)
-                ms.append(_c(run, key, cfloor.mprotect_among(reg), note))
-            run.group(f"C floor at N={n}", ms)
-            for row in run.rows[-len(ms) :]:
-                row.n = n
-        finally:
-            for reg in regions.values():
-                cfloor.regions_free(reg)
-
-
-def _scale(run: Run, impls: Sequence[str], sodium: Sodium | str) -> dict[str, Any]:
+def _scale(
+    run: Run, impls: Sequence[str], sodium: Sodium | str, cfloor: CFloor | None
+) -> dict[str, Any]:
     cfg = run.config
     rng = random.Random(4)
-    kw: dict[str, Any] = dict(
-        min_creates=cfg.min_creates, rounds=cfg.n_rounds, target_ns=cfg.target_ns, rng=rng
-    )
+    phases = 1 if cfg.quick else SCALE_PHASES
+    plan = Plan(cfg.sizes, phases, -(-cfg.n_rounds // phases), cfg.target_ns, cfg.min_creates)
     for impl in impls:
         run.config.log(f"scale {impl}:")
-        rows, prints = scale_ours(impl, cfg.sizes, **kw)
+        rows, prints = scale_ours(impl, plan, rng, cfloor)
         run.rows.extend(rows)
         run.footprints.extend(prints)
     if not isinstance(sodium, str):
         run.config.log("scale libsodium:")
-        run.rows.extend(scale_sodium(sodium, cfg.sizes, **kw))
+        run.rows.extend(scale_sodium(sodium, plan, rng))
     if not cfg.memlock_child:
         run.skip("memlock child", "disabled (--no-memlock-child)")
         return {}
@@ -422,7 +404,7 @@ def _order(rows: Sequence[R.Row]) -> list[R.Row]:
     """Floors first, then by operation and case, ours before peers, N ascending."""
     ops = [R.MPROTECT, R.MAPLOCK, R.SECRETMEM_CYCLE, R.BZERO, R.ACCESS, R.OPEN, R.SEAL]
     ops += [R.ENVELOPE, R.CREATE_CLOSE, R.CREATE]
-    impls = [R.C, R.CTYPES, *R.OURS, R.ENCLAVE, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
+    impls = [R.C, R.CTYPES, *IMPLEMENTATIONS, R.ENCLAVE, R.SODIUM, R.SODIUM_C, R.BYTEARRAY]
     impls += [R.MEMGUARD_C, R.PLAIN_AESGCM]
     cases = list(R.CASE_ORDER)
     for r in rows:
@@ -477,9 +459,7 @@ def run(config: Config) -> dict[str, Any]:
             _bzero(r, subjects)
         finally:
             subjects.close()
-        if cfloor is not None:
-            _floor_at_n(r, cfloor)
-    memlock = _scale(r, impls, sodium)
+    memlock = _scale(r, impls, sodium, cfloor)
     heap = _heap_per_secret(r, impls)
 
     rows = _order(r.rows)

@@ -114,14 +114,6 @@ def calibrate_c(run: CBatch, target_ns: int, max_batch: int = 1 << 24) -> int:
     return max(1, min(max_batch, int(target_ns / per_op)))
 
 
-def measure_batches(run: CBatch, rounds: int, target_ns: int) -> Stat:
-    """Time ``rounds`` batches of ``run`` alone (the batch calibrated to ``target_ns``)."""
-    with no_gc():
-        n = calibrate_c(run, target_ns)
-        run(max(1, n // 10))  # warm up
-        return Stat.of([run(n) for _ in range(rounds)], n)
-
-
 # -- threads ---------------------------------------------------------------------------------
 
 
