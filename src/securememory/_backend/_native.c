@@ -764,15 +764,20 @@ static PyObject *enter(RegionObject *r, Holder *h, int want_view) {
     return view;
 }
 
+/* Release an access's view and drop the reference to it the access held. Held by nothing else
+ * (the usual case), dropping it deallocates it, which releases it as memoryview.release() does.
+ * Else memoryview.release(): it raises BufferError if something still holds a buffer from this
+ * very view (then it lives on, counted in r->exports, and free_region quarantines the range). */
 static void release_view(PyObject *view) {
-    /* memoryview.release(): raises BufferError if something still holds a buffer from this very
-     * view (then it lives on, counted in r->exports, and free_region quarantines the range). */
-    PyObject *res = PyObject_CallOneArg(release_method, view);
-    if (res == NULL) PyErr_Clear();
-    else Py_DECREF(res);
+    if (Py_REFCNT(view) > 1) {
+        PyObject *res = PyObject_CallOneArg(release_method, view);
+        if (res == NULL) PyErr_Clear();
+        else Py_DECREF(res);
+    }
+    Py_DECREF(view);
 }
 
-/* End an access begun by enter(h): release the view, uncount it; the last one checks the canary
+/* End an access begun by enter(h): release the view (the reference to it is consumed), uncount it; the last one checks the canary
  * and makes the pages no-access, and destroys the region if a close() is waiting for it. Fails
  * closed: a region that cannot be made no-access again is wiped and freed. */
 /* A region purge() wiped and closed while an access ran stayed mapped for that access; when
@@ -1157,11 +1162,9 @@ static PyObject *Region_with_bytes(RegionObject *r, PyObject *action) {
         } else {
             PyErr_Restore(t, v, tb);
         }
-        Py_DECREF(view);
         return NULL;
     }
     int rc = leave(r, &h, view);
-    Py_DECREF(view);
     if (rc < 0) {
         Py_DECREF(result);
         return NULL;
@@ -1414,9 +1417,7 @@ static PyObject *Access_exit(AccessObject *a, PyObject *const *args, Py_ssize_t 
     PyObject *view = a->view;
     if (view == NULL) Py_RETURN_NONE;
     a->view = NULL;
-    int rc = leave(a->region, &a->holder, view);
-    Py_DECREF(view);
-    if (rc < 0) return NULL;
+    if (leave(a->region, &a->holder, view) < 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1427,7 +1428,6 @@ static void Access_dealloc(AccessObject *a) {
         PyObject *view = a->view;
         a->view = NULL;
         if (leave(a->region, &a->holder, view) < 0) PyErr_WriteUnraisable((PyObject *)a);
-        Py_DECREF(view);
         PyErr_Restore(t, v, tb);
     }
     Py_DECREF(a->region);

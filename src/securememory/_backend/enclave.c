@@ -621,10 +621,7 @@ static PyObject *Opening_enter(OpeningObject *o, PyObject *noargs) {
 static void ek_end(OpeningObject *o) {
     PyObject *view = o->view;
     o->view = NULL;
-    if (view != NULL) {
-        release_view(view); /* still exported: its slot is wiped and retired */
-        Py_DECREF(view);
-    }
+    if (view != NULL) release_view(view); /* still exported: its slot is wiped and retired */
     EkScratch s = {o->buf, o->map, o->mapped, o->slot};
     o->state = 2;
     if (o->pid != current_pid) {
