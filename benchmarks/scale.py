@@ -44,13 +44,13 @@ MEMLOCK_LIMIT = 8 << 20
 class Plan:
     """How the N live secrets are measured.
 
-    The sizes are visited ``phases`` times in turn (1, 10, ..., 10000, 1, 10, ...), each visit
+    The sizes are visited ``visits`` times in turn (1, 10, ..., 10000, 1, 10, ...), each visit
     making its N secrets anew and running ``rounds`` rounds, so that the access at N=1 and at
     N=10000 are sampled over the same stretch of time: a drift of the machine over the minute
     the scale takes cannot pass for a cost of N (target (c) is their ratio)."""
 
     sizes: Sequence[int]
-    phases: int
+    visits: int
     rounds: int  # per visit
     target_ns: int
     min_creates: int  # per N, over all visits
@@ -107,9 +107,9 @@ def _scale(
     access = {n: _Series() for n in plan.sizes}
     floors = {n: _Series() for n in plan.sizes}
     prints: list[Footprint] = []
-    for visit in range(plan.phases):
+    for visit in range(plan.visits):
         for n in plan.sizes:
-            reps = max(1, math.ceil(plan.min_creates / (n * plan.phases)))
+            reps = max(1, math.ceil(plan.min_creates / (n * plan.visits)))
             for rep in range(reps):
                 before = securememory.stats()
                 live = _fill(create, n, creates[n])
@@ -166,11 +166,11 @@ def scale_ours(
         impl, lambda: factory.new(SECRET), _close, access_among, floor, plan, rng
     )
     backend = securememory.stats().backend
-    phases = f"N visited {plan.phases} times in turn" if plan.phases > 1 else ""
+    visits = f"N visited {plan.visits} times in turn" if plan.visits > 1 else ""
     rows: list[R.Row] = []
     for n in plan.sizes:
         st = Stat.of(access[n].samples, access[n].batch)
-        rows.append(R.Row.of(R.ACCESS, R.n_case(n), impl, st, n=n, backend=backend, note=phases))
+        rows.append(R.Row.of(R.ACCESS, R.n_case(n), impl, st, n=n, backend=backend, note=visits))
         if floor is not None:
             note = (
                 f"on the inner pages of regions picked at random among {n} regions of the "

@@ -49,7 +49,7 @@ from .timing import (
 )
 
 FULL_SIZES = (1, 10, 100, 1000, 10_000)
-SCALE_PHASES = 3  # full mode: the sizes are visited three times in turn (see scale.Plan)
+SCALE_VISITS = 3  # full mode: the sizes are visited three times in turn (see scale.Plan)
 
 
 @dataclass(frozen=True)
@@ -356,8 +356,8 @@ def _scale(
 ) -> dict[str, Any]:
     cfg = run.config
     rng = random.Random(4)
-    phases = 1 if cfg.quick else SCALE_PHASES
-    plan = Plan(cfg.sizes, phases, -(-cfg.n_rounds // phases), cfg.target_ns, cfg.min_creates)
+    visits = 1 if cfg.quick else SCALE_VISITS
+    plan = Plan(cfg.sizes, visits, -(-cfg.n_rounds // visits), cfg.target_ns, cfg.min_creates)
     for impl in impls:
         run.config.log(f"scale {impl}:")
         rows, prints = scale_ours(impl, plan, rng, cfloor)
