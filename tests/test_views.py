@@ -9,6 +9,8 @@ than unmapped, so the stale view can never read memory the kernel hands out late
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 
 import securememory
@@ -58,3 +60,36 @@ def test_close_without_live_views_unmaps(factory: securememory.SecretFactory) ->
     s.close()
     assert securememory.stats().bytes_quarantined == before.bytes_quarantined
     assert not [m for m in _inspect.maps() if m.start <= data < m.end]
+
+
+@pytest.mark.parametrize("how", ["with_bytes", "access"])
+def test_weakref_callback_on_a_view_runs_after_the_access_ended(
+    factory: securememory.SecretFactory, how: str
+) -> None:
+    """A weak reference's callback on the view is Python code (and a chance for a signal
+    handler to run): it runs once the access has ended, never inside its end."""
+    s = factory.create_random(32)
+
+    def state() -> tuple[int, str]:
+        (m,) = [m for m in _inspect.maps() if m.start <= s._data < m.end]
+        return len(s._holders()), m.perms[:3]
+
+    during: list[tuple[int, str]] = []
+    after: list[tuple[int, str]] = []
+    refs: list[weakref.ref[memoryview]] = []
+
+    def action(view: memoryview) -> None:
+        during.append(state())  # control: the probe sees an access
+        refs.append(weakref.ref(view, lambda _: after.append(state())))
+
+    if how == "with_bytes":
+        s.with_bytes(action)
+    else:
+        with s.access() as v:
+            action(v)
+        del v
+    try:
+        assert during == [(1, "r--")]
+        assert after == [(0, "---")]
+    finally:
+        s.close()

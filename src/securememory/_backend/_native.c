@@ -764,22 +764,29 @@ static PyObject *enter(RegionObject *r, Holder *h, int want_view) {
     return view;
 }
 
-/* Release an access's view and drop the reference to it the access held. Held by nothing else
- * (the usual case), dropping it deallocates it, which releases it as memoryview.release() does.
- * Else memoryview.release(): it raises BufferError if something still holds a buffer from this
- * very view (then it lives on, counted in r->exports, and free_region quarantines the range). */
-static void release_view(PyObject *view) {
-    if (Py_REFCNT(view) > 1) {
-        PyObject *res = PyObject_CallOneArg(release_method, view);
-        if (res == NULL) PyErr_Clear();
-        else Py_DECREF(res);
+/* Release an access's view. Returns the reference to it the access held, for the caller to drop
+ * once the access has ended, or NULL when it was dropped here: a view held by nothing else and
+ * with no weak reference (the usual case) is deallocated, which releases it as
+ * memoryview.release() does and runs no Python code. (A weak reference's callback would run
+ * Python code, and with it signal handlers, inside the access's end: such a view, like one the
+ * caller kept, is released by the call and dropped after.) memoryview.release() raises
+ * BufferError if something still holds a buffer from this very view (then it lives on, counted
+ * in r->exports, and free_region quarantines the range). */
+static PyObject *release_view(PyObject *view) {
+    if (Py_REFCNT(view) == 1 && ((PyMemoryViewObject *)view)->weakreflist == NULL) {
+        Py_DECREF(view);
+        return NULL;
     }
-    Py_DECREF(view);
+    PyObject *res = PyObject_CallOneArg(release_method, view);
+    if (res == NULL) PyErr_Clear();
+    else Py_DECREF(res);
+    return view;
 }
 
-/* End an access begun by enter(h): release the view (the reference to it is consumed), uncount it; the last one checks the canary
- * and makes the pages no-access, and destroys the region if a close() is waiting for it. Fails
- * closed: a region that cannot be made no-access again is wiped and freed. */
+/* End an access begun by enter(h): release the view (the reference to it is consumed), uncount
+ * it; the last one checks the canary and makes the pages no-access, and destroys the region if a
+ * close() is waiting for it. Fails closed: a region that cannot be made no-access again is wiped
+ * and freed. */
 /* A region purge() wiped and closed while an access ran stayed mapped for that access; when
  * the last one ends, unmap it (or quarantine it while a view of it lives) and close its file. */
 static void release_purged(RegionObject *r) {
@@ -792,9 +799,10 @@ static int leave(RegionObject *r, Holder *h, PyObject *view) {
     int rc = 0;
     PyObject *context = h->context;
     h->context = NULL;
-    if (view != NULL && view != Py_None) release_view(view);
+    PyObject *held = (view != NULL && view != Py_None) ? release_view(view) : NULL;
     if (h->pid != current_pid) { /* begun before a fork, in the parent: nothing here is ours */
         Py_XDECREF(context);
+        Py_XDECREF(held);
         return 0;
     }
     for (Holder **p = &r->holders; *p != NULL; p = &(*p)->next) {
@@ -832,6 +840,7 @@ static int leave(RegionObject *r, Holder *h, PyObject *view) {
     }
     scrub_registers();
     Py_XDECREF(context);
+    Py_XDECREF(held); /* the access has ended: a weak reference's callback may run now */
     return rc;
 }
 

@@ -618,10 +618,17 @@ static PyObject *Opening_enter(OpeningObject *o, PyObject *noargs) {
     return view;
 }
 
+static void ek_finish(OpeningObject *o);
+
 static void ek_end(OpeningObject *o) {
     PyObject *view = o->view;
     o->view = NULL;
-    if (view != NULL) release_view(view); /* still exported: its slot is wiped and retired */
+    PyObject *held = view != NULL ? release_view(view) : NULL;
+    ek_finish(o); /* still exported: its slot is wiped and retired */
+    Py_XDECREF(held);
+}
+
+static void ek_finish(OpeningObject *o) {
     EkScratch s = {o->buf, o->map, o->mapped, o->slot};
     o->state = 2;
     if (o->pid != current_pid) {
