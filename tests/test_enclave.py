@@ -6,12 +6,14 @@ The scale child and the memory scans are in test_enclave_scale.py and test_encla
 from __future__ import annotations
 
 import copy
+import ctypes
 import errno
 import hashlib
 import os
 import pickle
 import signal
 import threading
+import weakref
 
 import pytest
 from conftest import Syscalls
@@ -25,6 +27,7 @@ from securememory import (
     SecretClosedError,
     SecretFactory,
     SecureMemoryError,
+    _region,
 )
 from securememory._enclave import enclave_stats, reveal_key_halves
 
@@ -593,3 +596,31 @@ def test_purge_while_a_secret_is_being_made_or_accessed() -> None:
     assert fill == "refused"
     assert zeros == "True"  # control: purge really wiped it under the running access
     assert (mapped, fd_open, locked) == ("False", "False", "0")
+
+
+class _Buffer(ctypes.Structure):
+    _fields_ = [("buf", ctypes.c_void_p), ("rest", ctypes.c_char * 72)]  # a Py_buffer
+
+
+def _view_address(view: memoryview) -> int:
+    """The address of a (read-only) view's first byte."""
+    b = _Buffer()
+    get, release = ctypes.pythonapi.PyObject_GetBuffer, ctypes.pythonapi.PyBuffer_Release
+    assert get(ctypes.py_object(view), ctypes.byref(b), 0) == 0
+    release(ctypes.byref(b))
+    assert b.buf
+    return int(b.buf)
+
+
+def test_weakref_callback_on_the_view_runs_after_the_wipe() -> None:
+    """A weak reference's callback on an open's view is Python code: it runs once the
+    plaintext is wiped, never before."""
+    e = Enclave.seal(bytearray(b"S" * 32))
+    seen: list[bytes] = []
+    with e.open() as v:
+        at = _view_address(v)
+        during = bytes(_region.peek(at + i) for i in range(4))  # control: the probe reads it
+        weakref.finalize(v, lambda: seen.append(bytes(_region.peek(at + i) for i in range(4))))
+        del v  # only the opening holds it now
+    assert during == b"SSSS"
+    assert seen == [bytes(4)]

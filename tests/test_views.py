@@ -87,7 +87,7 @@ def test_weakref_callback_on_a_view_runs_after_the_access_ended(
     else:
         with s.access() as v:
             action(v)
-        del v
+            del v  # only the access holds it now, as in with_bytes
     try:
         assert during == [(1, "r--")]
         assert after == [(0, "---")]
