@@ -32,8 +32,8 @@ void spin_until(volatile int *stop) {
 }
 
 /* One locked page, no-access, as a secret's page is between accesses, between two unlocked
- * no-access guard pages so that its VMA never merges with a neighbour (a merged VMA makes each
- * mprotect split and re-merge it: see floor_regions_new). NULL on failure. */
+ * no-access guard pages so that its VMA never merges with a neighbour (a merged VMA would make
+ * each mprotect split and re-merge it). NULL on failure. */
 void *floor_page_new(void) {
     long page = page_size();
     unsigned char *base = mmap(NULL, 3 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -138,7 +138,7 @@ static int region_new(struct regions *r, long i, int secretmem) {
     return 0;
 }
 
-/* N regions of a securememory layout (see region_new); NULL on failure. */
+/* N regions of a securememory layout (see region_new); NULL with errno set on failure. */
 struct regions *floor_regions_new(long n, long mapped, long inner_offset, long inner_len,
                                   int secretmem, uint64_t seed) {
     struct regions *r = calloc(1, sizeof *r);
@@ -152,8 +152,13 @@ struct regions *floor_regions_new(long n, long mapped, long inner_offset, long i
         free(r);
         return NULL;
     }
-    for (long i = 0; i < n; i++)
-        if (region_new(r, i, secretmem) != 0) goto fail;
+    int e = 0;
+    for (long i = 0; i < n && e == 0; i++) e = -region_new(r, i, secretmem);
+    if (e != 0) {
+        floor_regions_free(r);
+        errno = e;
+        return NULL;
+    }
     uint64_t x = seed | 1; /* xorshift64 */
     for (int i = 0; i < SAMPLE; i++) {
         x ^= x << 13;
@@ -162,9 +167,6 @@ struct regions *floor_regions_new(long n, long mapped, long inner_offset, long i
         r->picks[i] = r->inner[x % (uint64_t)n];
     }
     return r;
-fail:
-    floor_regions_free(r);
-    return NULL;
 }
 
 /* The mprotect pair on the inner pages of regions picked at random, batch times. */

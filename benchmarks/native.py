@@ -94,7 +94,7 @@ class CFloor:
     """The compiled timing loops of ``floor.c``; each call times one whole batch in C."""
 
     def __init__(self, lib_path: Path) -> None:
-        lib = ctypes.CDLL(str(lib_path))
+        lib = ctypes.CDLL(str(lib_path), use_errno=True)
         vp, lng, dbl = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
         self.lib_path = lib_path
         self._page_new = bind(lib, "floor_page_new", vp)
@@ -160,13 +160,15 @@ class CFloor:
     def bzero_32(self) -> CBatch:
         return lambda batch: _checked(self._bzero(batch), "explicit_bzero")
 
-    def regions_new(self, n: int, layout: RegionLayout, seed: int = 4) -> int:
-        """``n`` live regions of ``layout``, made with the system calls securememory makes."""
+    def regions_new(self, n: int, layout: RegionLayout, seed: int) -> int:
+        """``n`` live regions of ``layout``, made with the system calls securememory makes;
+        ``seed`` picks the regions :meth:`mprotect_among` cycles over."""
         r: int | None = self._regions_new(
             n, layout.mapped, layout.inner_offset, layout.inner_len, layout.secretmem, seed
         )
         if not r:
-            raise OSError(f"floor_regions_new({n}, {layout}) failed")
+            err = ctypes.get_errno()
+            raise OSError(err, f"floor_regions_new({n}, {layout}) failed: {os.strerror(err)}")
         return r
 
     def regions_free(self, regions: int) -> None:

@@ -44,10 +44,11 @@ MEMLOCK_LIMIT = 8 << 20
 class Plan:
     """How the N live secrets are measured.
 
-    The sizes are visited ``visits`` times in turn (1, 10, ..., 10000, 1, 10, ...), each visit
-    making its N secrets anew and running ``rounds`` rounds, so that the access at N=1 and at
-    N=10000 are sampled over the same stretch of time: a drift of the machine over the minute
-    the scale takes cannot pass for a cost of N (target (c) is their ratio)."""
+    The sizes are visited ``visits`` times, up and down in turn (1, ..., 10000, 10000, ..., 1,
+    then down and up again), each visit making its N secrets anew and running ``rounds`` rounds:
+    the access at N=1 and at N=10000 are sampled over the same stretch of time, at the same mean
+    time, so a steady drift of the machine over the minute the scale takes falls on both alike
+    instead of passing for a cost of N (target (c) is their ratio)."""
 
     sizes: Sequence[int]
     visits: int
@@ -72,15 +73,15 @@ class _Series:
     samples: list[float] = field(default_factory=list)
     batch: int = 0
 
-    def member(self, key: Key, run: CBatch, target_ns: int) -> Member:
+    def member(self, key: Key, run: CBatch, plan: Plan) -> Member:
         if not self.batch:
-            self.batch = calibrate_c(run, target_ns)
+            self.batch = calibrate_c(run, plan.target_ns)
         return c_member(key, run, self.batch)
 
 
-def _fill(create: Op, n: int, samples: list[float]) -> list[Any]:
-    """Make ``n`` objects with ``create``, timing chunks of them; return them."""
-    made: list[Any] = []
+def _fill(create: Op, n: int, made: list[Any], samples: list[float]) -> None:
+    """Make ``n`` objects with ``create`` into ``made`` (the caller's, so that it can destroy
+    those made before a failure), timing chunks of them."""
     chunk = max(1, n // CHUNKS)
     with no_gc():
         while len(made) < n:
@@ -89,10 +90,15 @@ def _fill(create: Op, n: int, samples: list[float]) -> list[Any]:
             for _ in range(k):
                 made.append(create())
             samples.append((time.perf_counter_ns() - t0) / k)
-    return made
 
 
-def _scale(
+def _order(plan: Plan, visit: int) -> Sequence[int]:
+    """The sizes of one visit: up, down, down, up, ... (so a steady drift of the machine falls
+    on N=1 and on the largest N alike)."""
+    return plan.sizes if visit % 4 in (0, 3) else list(reversed(plan.sizes))
+
+
+def _measure(
     name: str,
     create: Op,
     destroy: Callable[[Any], object],
@@ -108,12 +114,13 @@ def _scale(
     floors = {n: _Series() for n in plan.sizes}
     prints: list[Footprint] = []
     for visit in range(plan.visits):
-        for n in plan.sizes:
+        for n in _order(plan, visit):
             reps = max(1, math.ceil(plan.min_creates / (n * plan.visits)))
             for rep in range(reps):
                 before = securememory.stats()
-                live = _fill(create, n, creates[n])
+                live: list[Any] = []
                 try:
+                    _fill(create, n, live, creates[n])
                     if rep < reps - 1:
                         continue
                     if visit == 0:
@@ -121,8 +128,9 @@ def _scale(
                         mapped = (after.bytes_mapped - before.bytes_mapped) / n
                         locked = (after.bytes_locked - before.bytes_locked) / n
                         prints.append(Footprint(name, n, mapped, locked, after.live_secrets))
-                    picked = rng.choices(live, k=min(SAMPLE, max(n, 64)))
-                    _visit(n, access[n], among(picked), floors[n], floor, plan)
+                    picked = rng.choices(live, k=SAMPLE)
+                    seed = rng.getrandbits(64)
+                    _visit(n, access[n], among(picked), floors[n], floor, seed, plan)
                 finally:
                     for x in live:
                         destroy(x)
@@ -135,20 +143,21 @@ def _visit(
     statement: Statement,
     floor_series: _Series,
     floor: tuple[CFloor, RegionLayout] | None,
+    seed: int,
     plan: Plan,
 ) -> None:
     """One visit of N: the access among the N (and the C floor among N regions of the same
-    layout, interleaved with it round by round)."""
-    key: Key = (R.ACCESS, R.n_case(n), "")
-    members = [(access, access.member(key, statement.batch(), plan.target_ns))]
+    layout, made beside them, interleaved with it round by round)."""
+    members = [(access, access.member((R.ACCESS, R.n_case(n), ""), statement.batch(), plan))]
     if floor is None:
         run_group([members[0][1]], plan.rounds)
     else:
         cfloor, layout = floor
-        regions = cfloor.regions_new(n, layout)
+        regions = cfloor.regions_new(n, layout, seed)
         try:
             run = cfloor.mprotect_among(regions)
-            members.append((floor_series, floor_series.member(key, run, plan.target_ns)))
+            key: Key = (R.MPROTECT, R.n_case(n), R.C)
+            members.append((floor_series, floor_series.member(key, run, plan)))
             run_group([m for _, m in members], plan.rounds)
         finally:
             cfloor.regions_free(regions)
@@ -162,7 +171,7 @@ def scale_ours(
     """The rows at each N of one implementation and of the C floor in its layout."""
     factory = factory_for(impl)
     floor = None if cfloor is None else (cfloor, region_layout(impl))
-    creates, access, floors, prints = _scale(
+    creates, access, floors, prints = _measure(
         impl, lambda: factory.new(SECRET), _close, access_among, floor, plan, rng
     )
     backend = securememory.stats().backend
@@ -185,7 +194,7 @@ def scale_ours(
 
 
 def scale_sodium(sodium: Sodium, plan: Plan, rng: random.Random) -> list[R.Row]:
-    creates, access, _, _ = _scale(
+    creates, access, _, _ = _measure(
         R.SODIUM, lambda: sodium.alloc(SECRET), sodium.free, sodium.access_among, None, plan, rng
     )
     rows: list[R.Row] = []

@@ -27,6 +27,7 @@ from .ours import (
     create_close_new,
     create_close_random,
     factory_for,
+    is_secretmem,
     unavailable,
 )
 from .peers import SECRET, Sodium, bytearray_access, bytearray_create_del
@@ -49,7 +50,7 @@ from .timing import (
 )
 
 FULL_SIZES = (1, 10, 100, 1000, 10_000)
-SCALE_VISITS = 3  # full mode: the sizes are visited three times in turn (see scale.Plan)
+SCALE_VISITS = 4  # full mode: the sizes are visited up, down, down, up (see scale.Plan)
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def _create_close(run: Run, s: Subjects) -> None:
     if s.cfloor is not None:
         ms.append(_c(run, (R.MAPLOCK, R.PAGE1, R.C), s.cfloor.map_lock_cycles()))
     ms.append(_py(run, (R.MAPLOCK, R.PAGE1, R.CTYPES), s.ctypes_floor.map_lock_cycle()))
-    if s.cfloor is not None and "secretmem" in s.impls:
+    if s.cfloor is not None and any(is_secretmem(i) for i in s.impls):
         ms.append(_c(run, (R.SECRETMEM_CYCLE, R.PAGE1, R.C), s.cfloor.secretmem_cycles()))
     if s.sodium is not None:
         sodium = s.sodium
@@ -459,7 +460,7 @@ def run(config: Config) -> dict[str, Any]:
             _bzero(r, subjects)
         finally:
             subjects.close()
-    memlock = _scale(r, impls, sodium, cfloor)
+        memlock = _scale(r, impls, sodium, cfloor)
     heap = _heap_per_secret(r, impls)
 
     rows = _order(r.rows)

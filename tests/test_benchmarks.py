@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository 
 from benchmarks import report as R  # noqa: E402
 from benchmarks.__main__ import parse_args, render  # noqa: E402
 from benchmarks.ours import IMPLEMENTATIONS, unavailable  # noqa: E402
+from benchmarks.scale import Plan, _order, scale_ours  # noqa: E402
 from benchmarks.timing import Stat, quantile  # noqa: E402
 
 SIZES = (1, 10)
@@ -278,3 +280,16 @@ def test_cli_arguments() -> None:
         parse_args(["--sizes", "0,5"])
     with pytest.raises(SystemExit):
         parse_args(["--sizes", "a"])
+
+
+def test_scale_visits_go_up_and_down_and_pool_their_samples() -> None:
+    """The full mode's visits of the sizes (the quick run above makes one): up, down, down, up,
+    and each row pools the rounds of every visit."""
+    plan = Plan((1, 3), 4, 2, 200_000, 1)
+    assert [list(_order(plan, v)) for v in range(4)] == [[1, 3], [3, 1], [3, 1], [1, 3]]
+    impl = next(i for i in IMPLEMENTATIONS if unavailable(i) is None)
+    rows, prints = scale_ours(impl, plan, random.Random(1), None)
+    access = {r.n: r.rounds for r in rows if r.operation == R.ACCESS}
+    assert access == {1: 8, 3: 8}
+    assert [p.n for p in prints] == [1, 3]  # the memory per secret, at the first visit only
+    assert all(p.bytes_locked_per_secret for p in prints)
