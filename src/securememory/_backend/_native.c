@@ -783,10 +783,6 @@ static PyObject *release_view(PyObject *view) {
     return view;
 }
 
-/* End an access begun by enter(h): release the view (the reference to it is consumed), uncount
- * it; the last one checks the canary and makes the pages no-access, and destroys the region if a
- * close() is waiting for it. Fails closed: a region that cannot be made no-access again is wiped
- * and freed. */
 /* A region purge() wiped and closed while an access ran stayed mapped for that access; when
  * the last one ends, unmap it (or quarantine it while a view of it lives) and close its file. */
 static void release_purged(RegionObject *r) {
@@ -795,6 +791,10 @@ static void release_purged(RegionObject *r) {
     (void)release_mapping(r, &err); /* nothing to report to: the access's end has its own */
 }
 
+/* End an access begun by enter(h): release the view (the reference to it is consumed), uncount
+ * it; the last one checks the canary and makes the pages no-access, and destroys the region if a
+ * close() is waiting for it. Fails closed: a region that cannot be made no-access again is wiped
+ * and freed. */
 static int leave(RegionObject *r, Holder *h, PyObject *view) {
     int rc = 0;
     PyObject *context = h->context;
