@@ -24,17 +24,15 @@ def unavailable(impl: str) -> str | None:
     return None if reason is None else f"{impl} unavailable: {reason}"
 
 
-def region_layout(impl: str) -> RegionLayout:
-    """The layout of a 32-byte secret of ``impl``, from the table, for the C floor."""
-    spec = get(impl)
-    layout = spec.layout(len(SECRET))
-    secretmem = spec.backing is Backing.SECRETMEM
-    return RegionLayout(layout.mapped, layout.inner_offset, layout.inner_len, secretmem)
-
-
 def is_secretmem(impl: str) -> bool:
     """Whether ``impl``'s pages are a ``memfd_secret`` file (its create floor differs)."""
-    return region_layout(impl).secretmem
+    return get(impl).backing is Backing.SECRETMEM
+
+
+def region_layout(impl: str) -> RegionLayout:
+    """The layout of a 32-byte secret of ``impl``, from the table, for the C floor."""
+    layout = get(impl).layout(len(SECRET))
+    return RegionLayout(layout.mapped, layout.inner_offset, layout.inner_len, is_secretmem(impl))
 
 
 def factory_for(impl: str) -> securememory.SecretFactory:

@@ -117,13 +117,14 @@ def _measure(
         for n in _order(plan, visit):
             reps = max(1, math.ceil(plan.min_creates / (n * plan.visits)))
             for rep in range(reps):
-                before = securememory.stats()
+                last = rep == reps - 1
+                before = securememory.stats() if last and visit == 0 else None  # reads /proc
                 live: list[Any] = []
                 try:
                     _fill(create, n, live, creates[n])
-                    if rep < reps - 1:
+                    if not last:
                         continue
-                    if visit == 0:
+                    if before is not None:
                         after = securememory.stats()
                         mapped = (after.bytes_mapped - before.bytes_mapped) / n
                         locked = (after.bytes_locked - before.bytes_locked) / n
@@ -172,7 +173,7 @@ def scale_ours(
     factory = factory_for(impl)
     floor = None if cfloor is None else (cfloor, region_layout(impl))
     creates, access, floors, prints = _measure(
-        impl, lambda: factory.new(SECRET), _close, access_among, floor, plan, rng
+        impl, lambda: factory.new(SECRET), securememory.Secret.close, access_among, floor, plan, rng
     )
     backend = securememory.stats().backend
     visits = f"N visited {plan.visits} times in turn" if plan.visits > 1 else ""
@@ -205,10 +206,6 @@ def scale_sodium(sodium: Sodium, plan: Plan, rng: random.Random) -> list[R.Row]:
         st = Stat.of(creates[n], max(1, n // CHUNKS))
         rows.append(R.Row.of(R.CREATE, R.n_case(n), R.SODIUM, st, n=n, note=note))
     return rows
-
-
-def _close(secret: securememory.Secret) -> None:
-    secret.close()
 
 
 def memlock_capacity(impls: Sequence[str], limit: int = MEMLOCK_LIMIT) -> dict[str, Any]:
